@@ -6,15 +6,16 @@
 __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 'BasicBlock', 'check_depth', 'CifarResNet',
            'parse_model_name', 'model_name', 'create_model', 'count_parameters', 'count_flops', 'overheads_table']
 
-# %% ../nbs/02_resnet.ipynb #9b1cddc6
+# %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 from .aggregation import check_feature_map
 from .attention import create_attention, ATTENTION_TYPES
 
-# %% ../nbs/02_resnet.ipynb #4b6fe458
+# %% ../nbs/02_resnet.ipynb #c0b4c0d5
 class ZeroPadShortcut(nn.Module):
     "He et al.'s option-A shortcut: subsample H and W by `stride` and append zero channels up to `out_channels`."
     def __init__(self,
@@ -28,14 +29,14 @@ class ZeroPadShortcut(nn.Module):
     def forward(self, x):
         return F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra_channels))
 
-# %% ../nbs/02_resnet.ipynb #f970bb67
+# %% ../nbs/02_resnet.ipynb #054be7f5
 def projection_shortcut(in_channels:int, out_channels:int, stride:int) -> nn.Module: # channels in, out; subsampling
     "He et al.'s option-B shortcut: a strided 1x1 conv followed by batch norm."
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
 
 SHORTCUTS = {'projection': projection_shortcut, 'zero_pad': ZeroPadShortcut}
 
-# %% ../nbs/02_resnet.ipynb #01f39671
+# %% ../nbs/02_resnet.ipynb #8738a660
 class BasicBlock(nn.Module):
     "relu(attention(conv-BN-relu-conv-BN(x)) + shortcut(x)): the basic block with attention on the residual branch."
     def __init__(self,
@@ -59,14 +60,14 @@ class BasicBlock(nn.Module):
         residual = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)), inplace=True)))
         return F.relu(self.attention(residual) + self.shortcut(x), inplace=True)
 
-# %% ../nbs/02_resnet.ipynb #9a072733
+# %% ../nbs/02_resnet.ipynb #3c87166c
 def check_depth(depth:int): # D, the number of weighted layers
     "The number of blocks per stage, n = (D - 2) / 6; a `ValueError` unless D = 6n + 2 with n >= 1."
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"depth: expected 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}")
     return (depth - 2) // 6
 
-# %% ../nbs/02_resnet.ipynb #097f46ec
+# %% ../nbs/02_resnet.ipynb #7350f473
 class CifarResNet(nn.Module):
     "ResNet-D for 32x32 images (He et al. 2016, Section 4.2) with `attention` in every basic block."
     def __init__(self,
@@ -98,7 +99,7 @@ class CifarResNet(nn.Module):
         check_feature_map(x, self.in_channels, name='images')
         return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
 
-# %% ../nbs/02_resnet.ipynb #71e4b2ab
+# %% ../nbs/02_resnet.ipynb #a003ae79
 MODEL_NAME = re.compile(r'^(?:resnet-(?P<plain>\d+)|(?P<attention>se|cbam|saam)-(?P<paths>\d+)-(?P<depth>\d+))$')
 
 def parse_model_name(
@@ -122,7 +123,7 @@ def model_name(
     paths = ATTENTION_TYPES[attention][1] if paths is None else paths
     return f"{attention.rstrip('2')}-{paths}-{depth}"
 
-# %% ../nbs/02_resnet.ipynb #10ef4e56
+# %% ../nbs/02_resnet.ipynb #f877ba89
 def create_model(
     name:str, # paper-style name, e.g. 'saam-1-20'
     num_classes:int=10, # 10 for CIFAR-10, 100 for CIFAR-100
@@ -132,9 +133,7 @@ def create_model(
     spec = parse_model_name(name)
     return CifarResNet(spec['depth'], num_classes, spec['attention'], paths=spec['paths'], **kwargs)
 
-# %% ../nbs/02_resnet.ipynb #1efb4b77
-from torch.utils.flop_counter import FlopCounterMode
-
+# %% ../nbs/02_resnet.ipynb #21ba2c9c
 def count_parameters(model:nn.Module) -> int: # any network
     "The number of parameters of `model`."
     return sum(p.numel() for p in model.parameters())
@@ -148,7 +147,7 @@ def count_flops(
     with torch.no_grad(), counter: model.eval()(torch.zeros(input_size))
     return counter.get_total_flops()
 
-# %% ../nbs/02_resnet.ipynb #d1893b7b
+# %% ../nbs/02_resnet.ipynb #a9a8f619
 def overheads_table(
     names:list, # paper-style model names; the first is the baseline of the relative columns
     num_classes:int=100, # classifier size (the paper's table uses CIFAR-100)

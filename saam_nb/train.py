@@ -7,7 +7,7 @@ __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 
            'rng_states', 'restore_rng_states', 'RunCheckpoint', 'run_key', 'ResultsStore', 'check_run_args',
            'environment', 'train_run', 'saam_train_cli']
 
-# %% ../nbs/04_train.ipynb #ec510de2
+# %% ../nbs/04_train.ipynb #6ca47e13
 import dataclasses, hashlib, json, math, os, platform, random, sys, tempfile, time
 from dataclasses import dataclass, asdict
 from functools import partial
@@ -29,7 +29,7 @@ from .attention import attention_parameters
 from .resnet import create_model, parse_model_name
 from .data import DATASETS, load_dataset, dataloaders
 
-# %% ../nbs/04_train.ipynb #ee237c27
+# %% ../nbs/04_train.ipynb #cd1b8fa9
 @dataclass(frozen=True)
 class Recipe:
     "The training recipe of the paper (Section IV-E); every field changes the results, so every field is in the run key."
@@ -46,7 +46,7 @@ class Recipe:
         "A short, stable hash of the recipe."
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
-# %% ../nbs/04_train.ipynb #66175aa2
+# %% ../nbs/04_train.ipynb #1c8844a6
 def step_lr(
     epoch:int, # epoch index, from 0
     epochs:int, # total epochs of the run
@@ -56,14 +56,14 @@ def step_lr(
     drops = sum(epoch >= math.floor(epochs * m + 0.5) for m in recipe.milestones)
     return recipe.lr * recipe.lr_decay ** drops
 
-# %% ../nbs/04_train.ipynb #4ae68c0f
+# %% ../nbs/04_train.ipynb #df2a1395
 class StepLR(Callback):
     "Set the learning rate of every parameter group at the start of each epoch by `step_lr`."
     order = 1
     def __init__(self, recipe:Recipe): self.recipe = recipe
     def before_epoch(self): self.opt.set_hyper('lr', step_lr(self.epoch, self.n_epoch, self.recipe))
 
-# %% ../nbs/04_train.ipynb #876071ba
+# %% ../nbs/04_train.ipynb #c06bcd2a
 def split_attention(model:torch.nn.Module) -> list: # any network
     "Two parameter groups: every parameter outside attention modules, then the attention parameters."
     attention_ids = {id(p) for p in attention_parameters(model)}
@@ -73,7 +73,7 @@ def paper_optimizer(params, lr, recipe:Recipe=Recipe()):
     "fastai SGD with momentum and L2 (not decoupled) on the first parameter group only."
     return SGD(params, lr, mom=recipe.momentum, wd=[recipe.weight_decay, 0.0], decouple_wd=False)
 
-# %% ../nbs/04_train.ipynb #887375c5
+# %% ../nbs/04_train.ipynb #ab6a062e
 def create_learner(
     model:torch.nn.Module|str, # a network, or a paper-style model name
     dls, # DataLoaders, e.g. from `saam_nb.data.dataloaders`
@@ -91,7 +91,7 @@ def create_learner(
     if on_gpu if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
     return learn
 
-# %% ../nbs/04_train.ipynb #ea8f2824
+# %% ../nbs/04_train.ipynb #8b92a3f9
 class NonFiniteLoss(RuntimeError):
     "Training produced a NaN or infinite loss."
 
@@ -118,7 +118,7 @@ def restore_rng_states(states:dict, dls): # what `rng_states` returned; the run'
     if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
     for dl, state in zip(dls.loaders, states['loaders']): dl.rng.setstate(state)
 
-# %% ../nbs/04_train.ipynb #2e54660a
+# %% ../nbs/04_train.ipynb #544b84f2
 class RunCheckpoint(Callback):
     "Record each epoch's mean training loss and validation metrics, stop on a non-finite loss, checkpoint the run atomically."
     order = 60  # after the Recorder (50) has the epoch's metrics
@@ -146,7 +146,7 @@ class RunCheckpoint(Callback):
                      rng=rng_states(self.dls))
         atomic_write(self.path, lambda f: torch.save(state, f))
 
-# %% ../nbs/04_train.ipynb #8f5f8ff8
+# %% ../nbs/04_train.ipynb #f2f6e1ac
 def run_key(model:str, dataset:str, epochs:int, seed:int, recipe:Recipe=Recipe()) -> str:
     "The name of a run: model, dataset, epochs, seed and recipe hash."
     return f"{model}_{dataset}_e{epochs}_s{seed}_{recipe.id()}"
@@ -171,7 +171,7 @@ class ResultsStore:
     def checkpoint_path(self, key:str) -> Path: return self.root/'checkpoints'/f'{key}.pth'
     def weights_path(self, key:str) -> Path: return self.root/'models'/f'{key}.pth'
 
-# %% ../nbs/04_train.ipynb #031070c5
+# %% ../nbs/04_train.ipynb #be97a4fd
 def check_run_args(
     model:str, dataset:str, epochs:int, seed:int, # what to train
     data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
@@ -187,7 +187,7 @@ def check_run_args(
     existing = next(p for p in [results, *results.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"results: {results} cannot be written ({existing} is not a writable folder)")
 
-# %% ../nbs/04_train.ipynb #4537b857
+# %% ../nbs/04_train.ipynb #56c3bd3c
 def environment() -> dict:
     "Library versions and the device a run used."
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
@@ -238,7 +238,7 @@ def train_run(
     checkpoint.unlink(missing_ok=True)
     return record
 
-# %% ../nbs/04_train.ipynb #55b216dd
+# %% ../nbs/04_train.ipynb #22943fbf
 @call_parse
 def saam_train_cli(
     model:str='saam-1-20', # paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D
