@@ -5,13 +5,12 @@
 # %% auto #0
 __all__ = ['TABLE_ROWS', 'accuracy_table']
 
-# %% ../nbs/06_comparison.ipynb #3f0bbbcb
+# %% ../nbs/06_comparison.ipynb #8122123e
 import pandas as pd
 from .resnet import model_name
-from .train import Recipe, ResultsStore
-from .experiments import PAPER_TOP1, summarize, check_experiment
+from .experiments import PAPER_TOP1
 
-# %% ../nbs/06_comparison.ipynb #c94c1a47
+# %% ../nbs/06_comparison.ipynb #fd7acaf8
 TABLE_ROWS = [('none', None, 'none'), ('se', 1, 'SE (avg)'), ('se', 2, 'SE (avg & max)'), ('cbam', 2, 'CBAM'), ('saam', 1, 'SAAM')]
 
 def accuracy_table(

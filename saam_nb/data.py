@@ -7,7 +7,7 @@ __all__ = ['CIFAR_DATASETS', 'DATASETS', 'DataFileError', 'cifar_checksums', 'fi
            'load_cifar', 'load_digits', 'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors',
            'ImageTensorLoader', 'channel_stats', 'load_dataset', 'dataloaders']
 
-# %% ../nbs/03_data.ipynb #232314c8
+# %% ../nbs/03_data.ipynb #28ff582a
 import hashlib, os, pickle
 from pathlib import Path
 import numpy as np
@@ -21,7 +21,7 @@ from fasttransform import Transform
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fasttransform import Pipeline
 
-# %% ../nbs/03_data.ipynb #f3acf83d
+# %% ../nbs/03_data.ipynb #08e6f9d1
 CIFAR_DATASETS = {'cifar10': CIFAR10, 'cifar100': CIFAR100}
 DATASETS = ('cifar10', 'cifar100', 'digits')
 
@@ -36,7 +36,7 @@ def cifar_checksums(
     spec = CIFAR_DATASETS[name]
     return {'train': [tuple(f) for f in spec.train_list], 'test': [tuple(f) for f in spec.test_list]}
 
-# %% ../nbs/03_data.ipynb #e3974f4f
+# %% ../nbs/03_data.ipynb #adf7f060
 def file_md5(path:Path) -> str: # a file
     "The md5 hex digest of a file, read in chunks."
     digest = hashlib.md5()
@@ -61,7 +61,7 @@ def read_cifar_file(
     if len(labels) != len(images): raise DataFileError(f"{path}: {len(images)} images but {len(labels)} labels")
     return images, torch.as_tensor(labels, dtype=torch.int64)
 
-# %% ../nbs/03_data.ipynb #f3ad2732
+# %% ../nbs/03_data.ipynb #bc6b99f1
 def write_cifar_fixture(
     root:Path, # folder that will hold `cifar-10-batches-py/` or `cifar-100-python/`
     name:str='cifar10', # 'cifar10' or 'cifar100'
@@ -83,7 +83,7 @@ def write_cifar_fixture(
             checksums[split].append((file, file_md5(folder/file)))
     return checksums
 
-# %% ../nbs/03_data.ipynb #d3135225
+# %% ../nbs/03_data.ipynb #37f30164
 def load_cifar(
     name:str, # 'cifar10' or 'cifar100'
     data_dir:str|Path|None=None, # folder that contains `cifar-10-batches-py/` or `cifar-100-python/`; default $SAAM_DATA or ~/.cache/saam_nb
@@ -111,7 +111,7 @@ def load_cifar(
         splits[key] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     return dict(splits, classes=10 if name == 'cifar10' else 100)
 
-# %% ../nbs/03_data.ipynb #96cbb039
+# %% ../nbs/03_data.ipynb #8735bd34
 def load_digits(
     valid_count:int=360, # images held out for validation
 ) -> dict: # {'train': (images, labels), 'valid': (images, labels), 'classes': 10}
@@ -126,7 +126,7 @@ def load_digits(
     valid, train = order[:valid_count], order[valid_count:]
     return dict(train=(images[train], labels[train]), valid=(images[valid], labels[valid]), classes=10)
 
-# %% ../nbs/03_data.ipynb #7dccf3a7
+# %% ../nbs/03_data.ipynb #c3bbcd85
 def sample_crop_flip(
     count:int, # images in the batch
     padding:int=4, # zero padding on each side; offsets are uniform on 0..2*padding
@@ -154,7 +154,7 @@ def pad_crop_flip(
     batch = torch.arange(count, device=images.device)[:, None, None]
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
-# %% ../nbs/03_data.ipynb #7018f1e5
+# %% ../nbs/03_data.ipynb #2b3bbd4c
 class RandomPadCropFlip(Transform):
     "Training augmentation of the paper for a whole batch of uint8 images on their device: pad, random crop, random flip."
     order = 5  # before `IntToFloatTensor` (order 10): padding is zero in pixel space
@@ -162,7 +162,7 @@ class RandomPadCropFlip(Transform):
     def encodes(self, x:TensorImage):
         return TensorImage(pad_crop_flip(x, *sample_crop_flip(len(x), self.padding, x.device), padding=self.padding))
 
-# %% ../nbs/03_data.ipynb #746da658
+# %% ../nbs/03_data.ipynb #62e2f6bf
 class ImageTensors:
     "A dataset of images (N, C, H, W) uint8 and labels (N,), indexable like a fastai dataset."
     def __init__(self, images:torch.Tensor, labels:torch.Tensor): self.images, self.labels = images, labels
@@ -174,14 +174,14 @@ class ImageTensorLoader(DataLoader):
     def create_item(self, index): return index
     def create_batch(self, indices): return self.dataset[torch.as_tensor(indices)]
 
-# %% ../nbs/03_data.ipynb #a7c3de79
+# %% ../nbs/03_data.ipynb #c6adbe27
 def channel_stats(images:torch.Tensor) -> tuple: # uint8 images (N, C, H, W)
     "Per-channel mean and standard deviation of uint8 images, on the 0–1 scale."
     mean = torch.stack([images[:, c].sum(dtype=torch.float64) for c in range(images.shape[1])]) / images[:, 0].numel()
     square = torch.stack([images[:, c].double().square().sum() for c in range(images.shape[1])]) / images[:, 0].numel()
     return (mean / 255).tolist(), ((square - mean.square()).sqrt() / 255).tolist()
 
-# %% ../nbs/03_data.ipynb #8efc46e2
+# %% ../nbs/03_data.ipynb #83b90147
 def load_dataset(
     name:str, # 'cifar10', 'cifar100' or 'digits'
     data_dir:str|Path|None=None, # CIFAR only, see `load_cifar`

@@ -6,18 +6,17 @@
 __all__ = ['PAPER_TOP1', 'PAPER_FIG3', 'as_list', 'strict_int', 'project_root', 'check_experiment', 'run_grid', 'summarize',
            'plot_paths_ablation']
 
-# %% ../nbs/05_ablation.ipynb #3fb0beeb
+# %% ../nbs/05_ablation.ipynb #692cea48
 import math
 from pathlib import Path
 import pandas as pd
-import matplotlib
 import matplotlib.pyplot as plt
 from fastprogress.fastprogress import progress_bar
-from .resnet import check_depth, model_name, parse_model_name
-from .data import DATASETS, load_dataset
-from .train import Recipe, ResultsStore, run_key, train_run
+from .resnet import check_depth, parse_model_name
+from .data import DATASETS
+from .train import Recipe, train_run
 
-# %% ../nbs/05_ablation.ipynb #ec41d19f
+# %% ../nbs/05_ablation.ipynb #5eec4b97
 PAPER_TOP1 = {  # (dataset, model) -> top-1 %, Tables II (CIFAR-10) and III (CIFAR-100)
     **{('cifar10', f'{m}-{d}'): v for m, row in {
         'resnet': (91.97, 92.90, 93.60), 'se-1': (92.04, 93.66, 94.06), 'se-2': (91.81, 93.4, 93.91),
@@ -28,7 +27,7 @@ PAPER_TOP1 = {  # (dataset, model) -> top-1 %, Tables II (CIFAR-10) and III (CIF
 }
 PAPER_FIG3 = {('cifar100', 'saam-1-56'): 72.49, ('cifar100', 'saam-2-56'): 71.48, ('cifar100', 'saam-4-56'): 71.30}
 
-# %% ../nbs/05_ablation.ipynb #220f1cf4
+# %% ../nbs/05_ablation.ipynb #a25496da
 def as_list(value, convert=int) -> list: # a value, a list of values, or a comma-separated string
     "A list from a single value, a list, or a comma-separated string, each item passed through `convert`."
     if isinstance(value, str): value = [v.strip() for v in value.split(',') if v.strip()]
@@ -41,13 +40,13 @@ def strict_int(value) -> int: # an int, or a string of one
         raise ValueError(f"expected an integer, got {value!r}")
     return int(value)
 
-# %% ../nbs/05_ablation.ipynb #8b7763e6
+# %% ../nbs/05_ablation.ipynb #ec942b1f
 def project_root() -> Path:
     "The nearest folder at or above the working directory that holds `settings.ini` and `nbs/` (else the working directory)."
     here = Path.cwd()
     return next((p for p in [here, *here.parents] if (p/'settings.ini').is_file() and (p/'nbs').is_dir()), here)
 
-# %% ../nbs/05_ablation.ipynb #4f5cde53
+# %% ../nbs/05_ablation.ipynb #d692e100
 def check_experiment(
     paths=(1, 2, 4), # K values (SAAM-K-D); papermill may pass an int or 'a,b'
     depths=(20, 56, 110), # ResNet depths D = 6n + 2
@@ -82,7 +81,7 @@ def check_experiment(
         if not existing.is_dir(): raise ValueError(f"{name}: {folder} cannot be created ({existing} is not a folder)")
     return knobs
 
-# %% ../nbs/05_ablation.ipynb #0b42b66e
+# %% ../nbs/05_ablation.ipynb #392a6f3b
 def run_grid(
     models:list, # paper-style model names
     knobs:dict, # what `check_experiment` returned
@@ -96,7 +95,7 @@ def run_grid(
                                  Recipe(bs=knobs['bs']), device=device))
     return records
 
-# %% ../nbs/05_ablation.ipynb #f3f4cee6
+# %% ../nbs/05_ablation.ipynb #bd0227a1
 def summarize(
     records:list, # run records from a `ResultsStore`
     epochs:int|None=None, # keep only runs of this many epochs
@@ -111,7 +110,7 @@ def summarize(
         mean=('top1', 'mean'), std=('top1', 'std'), runs=('top1', 'size'), seeds=('seed', lambda s: sorted(s)))
     return table.reset_index()
 
-# %% ../nbs/05_ablation.ipynb #1d6f18ae
+# %% ../nbs/05_ablation.ipynb #ef7bcde6
 def plot_paths_ablation(
     summary:pd.DataFrame, # from `summarize`
     depths:list, # depths to draw

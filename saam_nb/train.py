@@ -4,32 +4,33 @@
 
 # %% auto #0
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 'create_learner', 'NonFiniteLoss', 'atomic_write',
-           'rng_states', 'restore_rng_states', 'RunCheckpoint', 'run_key', 'ResultsStore', 'check_run_args',
-           'environment', 'train_run', 'saam_train_cli']
+           'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint', 'run_key', 'ResultsStore',
+           'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'environment',
+           'train_run', 'train_arguments', 'saam_train_cli']
 
-# %% ../nbs/04_train.ipynb #6ca47e13
-import dataclasses, hashlib, json, math, os, platform, random, sys, tempfile, time
+# %% ../nbs/04_train.ipynb #eb3ff08a
+import argparse, contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
 from dataclasses import dataclass, asdict
 from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
 import fastai
-from fastai.learner import Learner, CancelFitException
+from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.channelslast import ChannelsLast
 from fastai.optimizer import SGD
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat
-from fastai.torch_core import set_seed, default_device
-from fastcore.script import call_parse, Param, store_true
+from fastai.torch_core import set_seed
+from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 import saam_nb
 from .attention import attention_parameters
-from .resnet import create_model, parse_model_name
+from .resnet import create_model
 from .data import DATASETS, load_dataset, dataloaders
 
-# %% ../nbs/04_train.ipynb #cd1b8fa9
+# %% ../nbs/04_train.ipynb #7b1b1e17
 @dataclass(frozen=True)
 class Recipe:
     "The training recipe of the paper (Section IV-E); every field changes the results, so every field is in the run key."
@@ -46,7 +47,7 @@ class Recipe:
         "A short, stable hash of the recipe."
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
-# %% ../nbs/04_train.ipynb #1c8844a6
+# %% ../nbs/04_train.ipynb #847557ef
 def step_lr(
     epoch:int, # epoch index, from 0
     epochs:int, # total epochs of the run
@@ -56,14 +57,14 @@ def step_lr(
     drops = sum(epoch >= math.floor(epochs * m + 0.5) for m in recipe.milestones)
     return recipe.lr * recipe.lr_decay ** drops
 
-# %% ../nbs/04_train.ipynb #df2a1395
+# %% ../nbs/04_train.ipynb #1c6e2d0e
 class StepLR(Callback):
     "Set the learning rate of every parameter group at the start of each epoch by `step_lr`."
     order = 1
     def __init__(self, recipe:Recipe): self.recipe = recipe
     def before_epoch(self): self.opt.set_hyper('lr', step_lr(self.epoch, self.n_epoch, self.recipe))
 
-# %% ../nbs/04_train.ipynb #c06bcd2a
+# %% ../nbs/04_train.ipynb #7967f7f3
 def split_attention(model:torch.nn.Module) -> list: # any network
     "Two parameter groups: every parameter outside attention modules, then the attention parameters."
     attention_ids = {id(p) for p in attention_parameters(model)}
@@ -73,7 +74,7 @@ def paper_optimizer(params, lr, recipe:Recipe=Recipe()):
     "fastai SGD with momentum and L2 (not decoupled) on the first parameter group only."
     return SGD(params, lr, mom=recipe.momentum, wd=[recipe.weight_decay, 0.0], decouple_wd=False)
 
-# %% ../nbs/04_train.ipynb #ab6a062e
+# %% ../nbs/04_train.ipynb #4e11ff0e
 def create_learner(
     model:torch.nn.Module|str, # a network, or a paper-style model name
     dls, # DataLoaders, e.g. from `saam_nb.data.dataloaders`
@@ -91,7 +92,7 @@ def create_learner(
     if on_gpu if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
     return learn
 
-# %% ../nbs/04_train.ipynb #8b92a3f9
+# %% ../nbs/04_train.ipynb #8a8af91e
 class NonFiniteLoss(RuntimeError):
     "Training produced a NaN or infinite loss."
 
@@ -106,27 +107,31 @@ def atomic_write(path:Path, write) -> Path: # destination; `write(file)` fills t
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
+def loader_rngs(dls) -> list: # the run's DataLoaders
+    "The shuffling generator of each loader (of the wrapped loader during data-parallel training)."
+    return [getattr(dl, 'dl', dl).rng for dl in dls.loaders]
+
 def rng_states(dls) -> dict: # the run's DataLoaders
     "The state of every random number generator a training run draws from."
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                loaders=[dl.rng.getstate() for dl in dls.loaders])
+                loaders=[rng.getstate() for rng in loader_rngs(dls)])
 
 def restore_rng_states(states:dict, dls): # what `rng_states` returned; the run's DataLoaders
     "Put every random number generator back in a saved state."
     random.setstate(states['python']); np.random.set_state(states['numpy']); torch.set_rng_state(states['torch'])
     if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
-    for dl, state in zip(dls.loaders, states['loaders']): dl.rng.setstate(state)
+    for rng, state in zip(loader_rngs(dls), states['loaders']): rng.setstate(state)
 
-# %% ../nbs/04_train.ipynb #544b84f2
+# %% ../nbs/04_train.ipynb #54e1a758
 class RunCheckpoint(Callback):
     "Record each epoch's mean training loss and validation metrics, stop on a non-finite loss, checkpoint the run atomically."
     order = 60  # after the Recorder (50) has the epoch's metrics
     def __init__(self,
-        path:Path, # checkpoint file
+        path:Path|None, # checkpoint file; None: record and check, but write nothing (data-parallel ranks other than 0)
         history:list|None=None, # epochs done before (when resuming)
     ):
-        self.path, self.history = Path(path), list(history or [])
+        self.path, self.history = path and Path(path), list(history or [])
 
     def before_epoch(self): self.epoch_start, self.loss_sum, self.samples = time.time(), 0.0, 0
 
@@ -142,11 +147,12 @@ class RunCheckpoint(Callback):
         if not all(math.isfinite(row[k]) for k in ('train_loss', 'valid_loss')):
             raise NonFiniteLoss(f"epoch {self.epoch}: train loss {row['train_loss']}, valid loss {row['valid_loss']}")
         self.history.append(row)
+        if self.path is None: return
         state = dict(epoch=self.epoch, history=self.history, model=self.model.state_dict(), opt=self.opt.state_dict(),
                      rng=rng_states(self.dls))
         atomic_write(self.path, lambda f: torch.save(state, f))
 
-# %% ../nbs/04_train.ipynb #f2f6e1ac
+# %% ../nbs/04_train.ipynb #8afe91b2
 def run_key(model:str, dataset:str, epochs:int, seed:int, recipe:Recipe=Recipe()) -> str:
     "The name of a run: model, dataset, epochs, seed and recipe hash."
     return f"{model}_{dataset}_e{epochs}_s{seed}_{recipe.id()}"
@@ -169,9 +175,30 @@ class ResultsStore:
         "Every record in the store."
         return [json.loads(p.read_text()) for p in sorted(self.root.glob('*.json'))]
     def checkpoint_path(self, key:str) -> Path: return self.root/'checkpoints'/f'{key}.pth'
-    def weights_path(self, key:str) -> Path: return self.root/'models'/f'{key}.pth'
+    def weights_path(self, key:str, rank:int=0) -> Path: # rank: the data-parallel replica (0 = the model)
+        return self.root/'models'/(f'{key}.pth' if rank == 0 else f'{key}.rank{rank}.pth')
 
-# %% ../nbs/04_train.ipynb #be97a4fd
+# %% ../nbs/04_train.ipynb #f3dcf92c
+class DataParallelDL(DistributedDL):
+    "fastai's `DistributedDL`, broadcasting the batch order on the CPU when the process group is not NCCL."
+    def _broadcast(self, indices, rank):
+        if torch.distributed.get_backend() == 'nccl': return super()._broadcast(indices, rank)
+        indices = torch.tensor(indices, dtype=torch.long)
+        torch.distributed.broadcast(indices, rank)
+        return indices.tolist()
+
+class DataParallelTrainer(DistributedTrainer):
+    "fastai's `DistributedTrainer` (DDP through accelerate) with `DataParallelDL` loaders."
+    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else DataParallelDL(dl, device=self.learn.model.device)
+
+def data_parallel_device() -> torch.device|None:
+    "The device of this process in a data-parallel launch: its local GPU, or the CPU without GPUs (None outside a launch)."
+    if num_distrib() <= 1: return None
+    if not torch.cuda.is_available(): return torch.device('cpu')
+    torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    return torch.device('cuda', torch.cuda.current_device())
+
+# %% ../nbs/04_train.ipynb #99df0c9c
 def check_run_args(
     model:str, dataset:str, epochs:int, seed:int, # what to train
     data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
@@ -187,7 +214,7 @@ def check_run_args(
     existing = next(p for p in [results, *results.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"results: {results} cannot be written ({existing} is not a writable folder)")
 
-# %% ../nbs/04_train.ipynb #56c3bd3c
+# %% ../nbs/04_train.ipynb #cd9a1814
 def environment() -> dict:
     "Library versions and the device a run used."
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
@@ -206,13 +233,17 @@ def train_run(
     download:bool=False, # download CIFAR when missing
     device=None, # training device; default the GPU when there is one
     progress:bool=True, # fastai's progress bars
+    cbs:list|None=None, # extra fastai callbacks for this run
 ) -> dict: # the run's record
     "Train one run to its end (resuming from its checkpoint if any) and return its record from the results store."
+    # In a data-parallel launch every process runs this; rank 0 writes checkpoints and the record, each rank its weights.
     check_run_args(model, dataset, epochs, seed, data_dir, results, recipe.bs)
+    rank, world_size = rank_distrib(), max(num_distrib(), 1)
+    device = data_parallel_device() or device
     store, key = ResultsStore(results), run_key(model, dataset, epochs, seed, recipe)
     if store.finished(key) and not force: return store.get(key)
     checkpoint = store.checkpoint_path(key)
-    if force: checkpoint.unlink(missing_ok=True)
+    if force and rank == 0: checkpoint.unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     dls = dataloaders(load_dataset(dataset, data_dir, download), recipe.bs, device, recipe.augment)
     learn = create_learner(model, dls, recipe)
@@ -220,44 +251,50 @@ def train_run(
     if saved:
         learn.model.load_state_dict(saved['model']); learn.create_opt(); learn.opt.load_state_dict(saved['opt'])
         restore_rng_states(saved['rng'], dls)
-    run_checkpoint = RunCheckpoint(checkpoint, saved['history'] if saved else None)
-    record = dict(key=key, model=model, dataset=dataset, epochs=epochs, seed=seed, recipe=asdict(recipe),
+    if world_size > 1: learn.add_cb(DataParallelTrainer(sync_bn=dls.device.type == 'cuda', cpu=dls.device.type == 'cpu'))
+    run_checkpoint = RunCheckpoint(checkpoint if rank == 0 else None, saved['history'] if saved else None)
+    record = dict(key=key, model=model, dataset=dataset, epochs=epochs, seed=seed, recipe=asdict(recipe), world_size=world_size,
                   **environment(), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
     start, start_epoch = time.time(), len(run_checkpoint.history)
     try:
-        context = learn.no_bar() if not progress else learn.added_cbs([])
-        with context: learn.fit(epochs, cbs=run_checkpoint, start_epoch=start_epoch)
+        bars = contextlib.nullcontext() if progress else learn.no_bar()
+        with bars: learn.fit(epochs, cbs=[run_checkpoint, *(cbs or [])], start_epoch=start_epoch)
     except NonFiniteLoss as e:
-        store.put(dict(record, status='failed', error=str(e), history=run_checkpoint.history, wall_time_s=time.time() - start))
+        if rank == 0: store.put(dict(record, status='failed', error=str(e), history=run_checkpoint.history, wall_time_s=time.time() - start))
         raise
     history = run_checkpoint.history
     record.update(status='finished', top1=history[-1]['accuracy'], history=history, resumed_at_epoch=start_epoch or None,
                   wall_time_s=sum(row['seconds'] for row in history), finished=time.strftime('%Y-%m-%dT%H:%M:%S'))
-    atomic_write(store.weights_path(key), lambda f: torch.save(learn.model.state_dict(), f))
-    store.put(record)
-    checkpoint.unlink(missing_ok=True)
+    atomic_write(store.weights_path(key, rank), lambda f: torch.save(learn.model.state_dict(), f))
+    if rank == 0: store.put(record); checkpoint.unlink(missing_ok=True)
     return record
 
-# %% ../nbs/04_train.ipynb #22943fbf
-@call_parse
-def saam_train_cli(
-    model:str='saam-1-20', # paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D
-    dataset:str='cifar100', # cifar10, cifar100 or digits
-    epochs:int=182, # epochs of the step schedule
-    seed:int=0, # seed of every random number generator
-    data_dir:str=None, # folder that holds cifar-10-batches-py/ or cifar-100-python/
-    results:str='results', # folder of the results store
-    bs:int=128, # batch size
-    mixed_precision:store_true=False, # bf16 autocast (GPU only)
-    download:store_true=False, # download CIFAR when missing (needs network)
-    force:store_true=False, # train again even if the run has a finished record
-    cpu:store_true=False, # train on the CPU even when a GPU is present
-):
-    "Train one model with the paper's recipe and print a one-line summary."
+# %% ../nbs/04_train.ipynb #f2159368
+def train_arguments() -> argparse.ArgumentParser:
+    "The command line of `saam_train` (flags take dashes or underscores: `--data-dir` or `--data_dir`)."
+    parser = argparse.ArgumentParser(prog='saam_train', description="Train one model with the paper's recipe and print a one-line summary.")
+    def flag(name, **kwargs): parser.add_argument(f"--{name.replace('_', '-')}", *([f'--{name}'] if '_' in name else []), dest=name, **kwargs)
+    flag('model', default='saam-1-20', help='paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D')
+    flag('dataset', default='cifar100', help='cifar10, cifar100 or digits')
+    flag('epochs', type=int, default=182, help='epochs of the step schedule')
+    flag('seed', type=int, default=0, help='seed of every random number generator')
+    flag('data_dir', default=None, help='folder that holds cifar-10-batches-py/ or cifar-100-python/')
+    flag('results', default='results', help='folder of the results store')
+    flag('bs', type=int, default=128, help='batch size')
+    flag('mixed_precision', action='store_true', help='bf16 autocast (GPU only)')
+    flag('download', action='store_true', help='download CIFAR when missing (needs network)')
+    flag('force', action='store_true', help='train again even if the run has a finished record')
+    flag('cpu', action='store_true', help='train on the CPU even when a GPU is present')
+    return parser
+
+def saam_train_cli(argv:list|None=None): # command-line arguments; None: sys.argv
+    "Entry point of `saam_train`: validate every flag, train (or skip a finished run), print a summary line."
+    args = train_arguments().parse_args(argv)
     try:
-        check_run_args(model, dataset, epochs, seed, data_dir, results, bs)
-        record = train_run(model, dataset, epochs, seed, results, data_dir, Recipe(bs=bs, mixed_precision=mixed_precision),
-                           force, download, 'cpu' if cpu else None)
-    except (ValueError, FileNotFoundError, RuntimeError) as e: sys.exit(f"saam_train: {e}")
-    print(f"{record['key']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
-          f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(results).path(record['key'])}")
+        check_run_args(args.model, args.dataset, args.epochs, args.seed, args.data_dir, args.results, args.bs)
+        record = train_run(args.model, args.dataset, args.epochs, args.seed, args.results, args.data_dir,
+                           Recipe(bs=args.bs, mixed_precision=args.mixed_precision), args.force, args.download,
+                           'cpu' if args.cpu else None)
+    except (ValueError, RuntimeError) as e: sys.exit(f"saam_train: {e}")
+    if rank_distrib() == 0: print(f"{record['key']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
+          f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(args.results).path(record['key'])}")
