@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['timm_attention']
 
-# %% ../nbs/12_timm.ipynb #2df59bcc
+# %% ../nbs/12_timm.ipynb #b1062eb8
 from .attention import create_attention
 
-# %% ../nbs/12_timm.ipynb #263ff6ea
+# %% ../nbs/12_timm.ipynb #4150f9a5
 def timm_attention(
     name:str='saam', # attention type, see `saam_nb.attention.create_attention`
     **kwargs, # `reduction`, `paths`, kernel sizes
