@@ -6,13 +6,13 @@
 __all__ = ['ATTENTION_TYPES', 'AttentionModule', 'ExcitationMLP', 'gate_channels', 'pooled_descriptors', 'SqueezeExcite',
            'SpatialGate', 'CBAM', 'SAAM', 'create_attention', 'attention_parameters']
 
-# %% ../nbs/01_attention.ipynb #8aabc4f3
+# %% ../nbs/01_attention.ipynb #7af8c68a
 from functools import partial
 import torch
 import torch.nn as nn
-from .aggregation import check_feature_map, score_aggregate, ScoreMap
+from .aggregation import check_feature_map, score_descriptors, ScoreMap
 
-# %% ../nbs/01_attention.ipynb #5189506c
+# %% ../nbs/01_attention.ipynb #db40799c
 class AttentionModule(nn.Module):
     "Base of every attention module: checks the constructor arguments and the input, and marks parameters as attention parameters."
     def __init__(self,
@@ -28,7 +28,7 @@ class AttentionModule(nn.Module):
         check_feature_map(x, self.channels, name=type(self).__name__)
         return super().__call__(x)
 
-# %% ../nbs/01_attention.ipynb #a90be18c
+# %% ../nbs/01_attention.ipynb #075bbe9b
 class ExcitationMLP(nn.Module):
     "The shared MLP of the excitation step: maps descriptors (B, K, C) to gate logits (B, C), summed over the K paths."
     def __init__(self,
@@ -37,12 +37,13 @@ class ExcitationMLP(nn.Module):
     ):
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.fc1, self.act, self.fc2 = nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels)
+        # not in place: `fc1` returns a view for 3D input, and an in-place op on a view costs autograd an extra copy
+        self.fc1, self.act, self.fc2 = nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, channels)
 
     def forward(self, descriptors:torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(descriptors))).sum(1)
 
-# %% ../nbs/01_attention.ipynb #8e28d365
+# %% ../nbs/01_attention.ipynb #8de6ecac
 def gate_channels(
     x:torch.Tensor, # feature map (B, C, H, W)
     logits:torch.Tensor, # gate logits (B, C)
@@ -50,7 +51,7 @@ def gate_channels(
     "Scale every channel of `x` by the sigmoid of its logit: $r_c X_c$."
     return x * torch.sigmoid(logits)[:, :, None, None]
 
-# %% ../nbs/01_attention.ipynb #bf0db5f3
+# %% ../nbs/01_attention.ipynb #4865541d
 def pooled_descriptors(
     x:torch.Tensor, # feature map (B, C, H, W)
     paths:int, # 1: average pooling; 2: average and max pooling
@@ -59,7 +60,7 @@ def pooled_descriptors(
     mean = x.mean((2, 3))
     return mean[:, None] if paths == 1 else torch.stack([mean, x.amax((2, 3))], 1)
 
-# %% ../nbs/01_attention.ipynb #de9360a5
+# %% ../nbs/01_attention.ipynb #0c9ccc8f
 class SqueezeExcite(AttentionModule):
     "SE channel attention: pooled descriptors → shared MLP → sigmoid gates. `paths=2` is the avg & max variant (SE-2)."
     def __init__(self,
@@ -73,7 +74,7 @@ class SqueezeExcite(AttentionModule):
 
     def forward(self, x): return gate_channels(x, self.mlp(pooled_descriptors(x, self.paths)))
 
-# %% ../nbs/01_attention.ipynb #d6759c40
+# %% ../nbs/01_attention.ipynb #76c6a44f
 class SpatialGate(nn.Module):
     "CBAM's spatial gate: sigmoid(BN(conv k×k([mean_c X, max_c X]))) scales every position of X."
     def __init__(self,
@@ -89,7 +90,7 @@ class SpatialGate(nn.Module):
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
-# %% ../nbs/01_attention.ipynb #18161a64
+# %% ../nbs/01_attention.ipynb #093b3c81
 class CBAM(AttentionModule):
     "CBAM: SE-style channel attention over `paths` pooled descriptors, followed by a spatial gate."
     def __init__(self,
@@ -105,7 +106,7 @@ class CBAM(AttentionModule):
 
     def forward(self, x): return self.spatial_gate(self.channel_gate(x))
 
-# %% ../nbs/01_attention.ipynb #9afc1647
+# %% ../nbs/01_attention.ipynb #f3d705ee
 class SAAM(AttentionModule):
     "Score-based aggregation attention: K learned score maps → K descriptors → shared MLP → sigmoid gates."
     def __init__(self,
@@ -119,9 +120,9 @@ class SAAM(AttentionModule):
         self.mlp = ExcitationMLP(channels, reduction)
         self.paths = paths
 
-    def forward(self, x): return gate_channels(x, self.mlp(score_aggregate(x, self.score_map(x))))
+    def forward(self, x): return gate_channels(x, self.mlp(score_descriptors(x, self.score_map)))
 
-# %% ../nbs/01_attention.ipynb #240f79d9
+# %% ../nbs/01_attention.ipynb #54debac5
 ATTENTION_TYPES = {'none': None, 'se': (SqueezeExcite, 1), 'se2': (SqueezeExcite, 2), 'cbam': (CBAM, 2), 'saam': (SAAM, 1)}
 
 def create_attention(
@@ -137,7 +138,7 @@ def create_attention(
     cls, default_paths = ATTENTION_TYPES[name]
     return cls(channels, reduction, paths=default_paths if paths is None else paths, **kwargs)
 
-# %% ../nbs/01_attention.ipynb #c5af90d9
+# %% ../nbs/01_attention.ipynb #a14d9a98
 def attention_parameters(
     model:nn.Module, # any network that contains attention modules
 ) -> list[nn.Parameter]:

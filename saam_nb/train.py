@@ -8,7 +8,7 @@ __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 
            'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'environment',
            'train_run', 'train_arguments', 'saam_train_cli']
 
-# %% ../nbs/04_train.ipynb #eb3ff08a
+# %% ../nbs/04_train.ipynb #9bbfa5ca
 import argparse, contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
 from dataclasses import dataclass, asdict
 from functools import partial
@@ -30,10 +30,11 @@ from .attention import attention_parameters
 from .resnet import create_model
 from .data import DATASETS, load_dataset, dataloaders
 
-# %% ../nbs/04_train.ipynb #7b1b1e17
+# %% ../nbs/04_train.ipynb #64951df5
 @dataclass(frozen=True)
 class Recipe:
     "The training recipe of the paper (Section IV-E); every field changes the results, so every field is in the run key."
+    # How a run executes (device, bf16 autocast, channels_last) is kept out of the key and noted in its record.
     bs:int=128 # batch size (not stated by the paper; He et al.'s CIFAR recipe uses 128)
     lr:float=0.1 # initial learning rate
     momentum:float=0.9 # SGD momentum
@@ -41,13 +42,12 @@ class Recipe:
     milestones:tuple=(91 / 182, 136 / 182) # where the learning rate drops, as fractions of the epochs
     lr_decay:float=0.1 # factor applied at each milestone
     augment:bool=True # pad-crop-flip on training batches
-    mixed_precision:bool=False # bf16 autocast (GPU only)
 
     def id(self) -> str:
         "A short, stable hash of the recipe."
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
-# %% ../nbs/04_train.ipynb #847557ef
+# %% ../nbs/04_train.ipynb #41422b7b
 def step_lr(
     epoch:int, # epoch index, from 0
     epochs:int, # total epochs of the run
@@ -57,14 +57,14 @@ def step_lr(
     drops = sum(epoch >= math.floor(epochs * m + 0.5) for m in recipe.milestones)
     return recipe.lr * recipe.lr_decay ** drops
 
-# %% ../nbs/04_train.ipynb #1c6e2d0e
+# %% ../nbs/04_train.ipynb #a4c33510
 class StepLR(Callback):
     "Set the learning rate of every parameter group at the start of each epoch by `step_lr`."
     order = 1
     def __init__(self, recipe:Recipe): self.recipe = recipe
     def before_epoch(self): self.opt.set_hyper('lr', step_lr(self.epoch, self.n_epoch, self.recipe))
 
-# %% ../nbs/04_train.ipynb #7967f7f3
+# %% ../nbs/04_train.ipynb #38314e22
 def split_attention(model:torch.nn.Module) -> list: # any network
     "Two parameter groups: every parameter outside attention modules, then the attention parameters."
     attention_ids = {id(p) for p in attention_parameters(model)}
@@ -74,25 +74,25 @@ def paper_optimizer(params, lr, recipe:Recipe=Recipe()):
     "fastai SGD with momentum and L2 (not decoupled) on the first parameter group only."
     return SGD(params, lr, mom=recipe.momentum, wd=[recipe.weight_decay, 0.0], decouple_wd=False)
 
-# %% ../nbs/04_train.ipynb #4e11ff0e
+# %% ../nbs/04_train.ipynb #e7c52049
 def create_learner(
     model:torch.nn.Module|str, # a network, or a paper-style model name
     dls, # DataLoaders, e.g. from `saam_nb.data.dataloaders`
     recipe:Recipe=Recipe(), # the training recipe
+    mixed_precision:bool|None=None, # bf16 autocast; default on when training on a GPU
     channels_last:bool|None=None, # channels_last memory format; default on when training on a GPU
 ) -> Learner:
     "A fastai Learner with the paper's optimizer, L2 groups, step schedule and top-1 accuracy."
     if isinstance(model, str): model = create_model(model, num_classes=dls.c)
     on_gpu = dls.device is not None and torch.device(dls.device).type == 'cuda'
+    if mixed_precision and not on_gpu: raise ValueError("mixed_precision: bf16 autocast is for GPU training; this run is on the CPU")
     learn = Learner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=partial(paper_optimizer, recipe=recipe),
                     lr=recipe.lr, splitter=split_attention, metrics=accuracy, wd_bn_bias=True, cbs=StepLR(recipe))
-    if recipe.mixed_precision:
-        if not on_gpu: raise ValueError("mixed_precision: bf16 autocast is for GPU training; this run is on the CPU")
-        learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16))
+    if on_gpu if mixed_precision is None else mixed_precision: learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16))
     if on_gpu if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
     return learn
 
-# %% ../nbs/04_train.ipynb #8a8af91e
+# %% ../nbs/04_train.ipynb #24571e2b
 class NonFiniteLoss(RuntimeError):
     "Training produced a NaN or infinite loss."
 
@@ -123,7 +123,7 @@ def restore_rng_states(states:dict, dls): # what `rng_states` returned; the run'
     if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
     for rng, state in zip(loader_rngs(dls), states['loaders']): rng.setstate(state)
 
-# %% ../nbs/04_train.ipynb #54e1a758
+# %% ../nbs/04_train.ipynb #db15bc59
 class RunCheckpoint(Callback):
     "Record each epoch's mean training loss and validation metrics, stop on a non-finite loss, checkpoint the run atomically."
     order = 60  # after the Recorder (50) has the epoch's metrics
@@ -152,7 +152,7 @@ class RunCheckpoint(Callback):
                      rng=rng_states(self.dls))
         atomic_write(self.path, lambda f: torch.save(state, f))
 
-# %% ../nbs/04_train.ipynb #8afe91b2
+# %% ../nbs/04_train.ipynb #012210fc
 def run_key(model:str, dataset:str, epochs:int, seed:int, recipe:Recipe=Recipe()) -> str:
     "The name of a run: model, dataset, epochs, seed and recipe hash."
     return f"{model}_{dataset}_e{epochs}_s{seed}_{recipe.id()}"
@@ -178,7 +178,7 @@ class ResultsStore:
     def weights_path(self, key:str, rank:int=0) -> Path: # rank: the data-parallel replica (0 = the model)
         return self.root/'models'/(f'{key}.pth' if rank == 0 else f'{key}.rank{rank}.pth')
 
-# %% ../nbs/04_train.ipynb #f3dcf92c
+# %% ../nbs/04_train.ipynb #85173c7c
 class DataParallelDL(DistributedDL):
     "fastai's `DistributedDL`, broadcasting the batch order on the CPU when the process group is not NCCL."
     def _broadcast(self, indices, rank):
@@ -198,7 +198,7 @@ def data_parallel_device() -> torch.device|None:
     torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     return torch.device('cuda', torch.cuda.current_device())
 
-# %% ../nbs/04_train.ipynb #99df0c9c
+# %% ../nbs/04_train.ipynb #f49881b2
 def check_run_args(
     model:str, dataset:str, epochs:int, seed:int, # what to train
     data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
@@ -214,7 +214,7 @@ def check_run_args(
     existing = next(p for p in [results, *results.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"results: {results} cannot be written ({existing} is not a writable folder)")
 
-# %% ../nbs/04_train.ipynb #cd9a1814
+# %% ../nbs/04_train.ipynb #0205242a
 def environment() -> dict:
     "Library versions and the device a run used."
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
@@ -234,6 +234,7 @@ def train_run(
     device=None, # training device; default the GPU when there is one
     progress:bool=True, # fastai's progress bars
     cbs:list|None=None, # extra fastai callbacks for this run
+    mixed_precision:bool|None=None, # bf16 autocast; default on when training on a GPU
 ) -> dict: # the run's record
     "Train one run to its end (resuming from its checkpoint if any) and return its record from the results store."
     # In a data-parallel launch every process runs this; rank 0 writes checkpoints and the record, each rank its weights.
@@ -246,7 +247,7 @@ def train_run(
     if force and rank == 0: checkpoint.unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     dls = dataloaders(load_dataset(dataset, data_dir, download), recipe.bs, device, recipe.augment)
-    learn = create_learner(model, dls, recipe)
+    learn = create_learner(model, dls, recipe, mixed_precision)
     saved = torch.load(checkpoint, map_location=dls.device, weights_only=False) if checkpoint.exists() else None
     if saved:
         learn.model.load_state_dict(saved['model']); learn.create_opt(); learn.opt.load_state_dict(saved['opt'])
@@ -254,6 +255,7 @@ def train_run(
     if world_size > 1: learn.add_cb(DataParallelTrainer(sync_bn=dls.device.type == 'cuda', cpu=dls.device.type == 'cpu'))
     run_checkpoint = RunCheckpoint(checkpoint if rank == 0 else None, saved['history'] if saved else None)
     record = dict(key=key, model=model, dataset=dataset, epochs=epochs, seed=seed, recipe=asdict(recipe), world_size=world_size,
+                  mixed_precision=hasattr(learn, 'mixed_precision'), channels_last=hasattr(learn, 'channels_last'),
                   **environment(), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
     start, start_epoch = time.time(), len(run_checkpoint.history)
     try:
@@ -269,7 +271,7 @@ def train_run(
     if rank == 0: store.put(record); checkpoint.unlink(missing_ok=True)
     return record
 
-# %% ../nbs/04_train.ipynb #f2159368
+# %% ../nbs/04_train.ipynb #32b98d2a
 def train_arguments() -> argparse.ArgumentParser:
     "The command line of `saam_train` (flags take dashes or underscores: `--data-dir` or `--data_dir`)."
     parser = argparse.ArgumentParser(prog='saam_train', description="Train one model with the paper's recipe and print a one-line summary.")
@@ -281,7 +283,7 @@ def train_arguments() -> argparse.ArgumentParser:
     flag('data_dir', default=None, help='folder that holds cifar-10-batches-py/ or cifar-100-python/')
     flag('results', default='results', help='folder of the results store')
     flag('bs', type=int, default=128, help='batch size')
-    flag('mixed_precision', action='store_true', help='bf16 autocast (GPU only)')
+    flag('fp32', action='store_true', help='train in float32 on a GPU too (default there: bf16 autocast)')
     flag('download', action='store_true', help='download CIFAR when missing (needs network)')
     flag('force', action='store_true', help='train again even if the run has a finished record')
     flag('cpu', action='store_true', help='train on the CPU even when a GPU is present')
@@ -293,8 +295,8 @@ def saam_train_cli(argv:list|None=None): # command-line arguments; None: sys.arg
     try:
         check_run_args(args.model, args.dataset, args.epochs, args.seed, args.data_dir, args.results, args.bs)
         record = train_run(args.model, args.dataset, args.epochs, args.seed, args.results, args.data_dir,
-                           Recipe(bs=args.bs, mixed_precision=args.mixed_precision), args.force, args.download,
-                           'cpu' if args.cpu else None)
+                           Recipe(bs=args.bs), args.force, args.download, 'cpu' if args.cpu else None,
+                           mixed_precision=False if args.fp32 else None)
     except (ValueError, RuntimeError) as e: sys.exit(f"saam_train: {e}")
     if rank_distrib() == 0: print(f"{record['key']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
           f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(args.results).path(record['key'])}")
