@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['score_maps', 'plot_score_maps']
 
-# %% ../nbs/07_attention_maps.ipynb #5c39ce88
+# %% ../nbs/07_attention_maps.ipynb #55b9e11a
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from .aggregation import ScoreMap
 
-# %% ../nbs/07_attention_maps.ipynb #04fb61ed
+# %% ../nbs/07_attention_maps.ipynb #5e515475
 def score_maps(
     model:torch.nn.Module, # a network with SAAM modules
     images:torch.Tensor, # a batch of (normalised) input images
@@ -30,7 +30,7 @@ def score_maps(
         for h in handles: h.remove()
     return maps
 
-# %% ../nbs/07_attention_maps.ipynb #0bc929cd
+# %% ../nbs/07_attention_maps.ipynb #61f07d1c
 def plot_score_maps(
     images:torch.Tensor, # uint8 images (N, 3, H, W) for display
     maps:dict, # from `score_maps`, for the same images

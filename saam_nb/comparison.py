@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['TABLE_ROWS', 'accuracy_table']
 
-# %% ../nbs/06_comparison.ipynb #8122123e
+# %% ../nbs/06_comparison.ipynb #d51d2885
 import pandas as pd
 from .resnet import model_name
 from .experiments import PAPER_TOP1
 
-# %% ../nbs/06_comparison.ipynb #fd7acaf8
+# %% ../nbs/06_comparison.ipynb #e7714778
 TABLE_ROWS = [('none', None, 'none'), ('se', 1, 'SE (avg)'), ('se', 2, 'SE (avg & max)'), ('cbam', 2, 'CBAM'), ('saam', 1, 'SAAM')]
 
 def accuracy_table(

@@ -6,7 +6,7 @@
 __all__ = ['PAPER_TOP1', 'PAPER_FIG3', 'as_list', 'strict_int', 'project_root', 'check_experiment', 'run_grid', 'summarize',
            'plot_paths_ablation']
 
-# %% ../nbs/05_ablation.ipynb #fc554e26
+# %% ../nbs/05_ablation.ipynb #b19787a9
 import math, os
 from pathlib import Path
 import pandas as pd
@@ -16,7 +16,7 @@ from .resnet import check_depth, parse_model_name
 from .data import DATASETS
 from .train import Recipe, train_run
 
-# %% ../nbs/05_ablation.ipynb #79d118f9
+# %% ../nbs/05_ablation.ipynb #2f2afc8a
 PAPER_TOP1 = {  # (dataset, model) -> top-1 %, Tables II (CIFAR-10) and III (CIFAR-100)
     **{('cifar10', f'{m}-{d}'): v for m, row in {
         'resnet': (91.97, 92.90, 93.60), 'se-1': (92.04, 93.66, 94.06), 'se-2': (91.81, 93.4, 93.91),
@@ -27,7 +27,7 @@ PAPER_TOP1 = {  # (dataset, model) -> top-1 %, Tables II (CIFAR-10) and III (CIF
 }
 PAPER_FIG3 = {('cifar100', 'saam-1-56'): 72.49, ('cifar100', 'saam-2-56'): 71.48, ('cifar100', 'saam-4-56'): 71.30}
 
-# %% ../nbs/05_ablation.ipynb #bdade987
+# %% ../nbs/05_ablation.ipynb #a55173e4
 def as_list(value, convert=int) -> list: # a value, a list of values, or a comma-separated string
     "A list from a single value, a list, or a comma-separated string, each item passed through `convert`."
     if isinstance(value, str): value = [v.strip() for v in value.split(',') if v.strip()]
@@ -40,13 +40,13 @@ def strict_int(value) -> int: # an int, or a string of one
         raise ValueError(f"expected an integer, got {value!r}")
     return int(value)
 
-# %% ../nbs/05_ablation.ipynb #33091336
+# %% ../nbs/05_ablation.ipynb #17a5137b
 def project_root() -> Path:
     "The nearest folder at or above the working directory that holds `settings.ini` and `nbs/` (else the working directory)."
     here = Path.cwd()
     return next((p for p in [here, *here.parents] if (p/'settings.ini').is_file() and (p/'nbs').is_dir()), here)
 
-# %% ../nbs/05_ablation.ipynb #e716348e
+# %% ../nbs/05_ablation.ipynb #5b526c3d
 def check_experiment(
     paths=(1, 2, 4), # K values (SAAM-K-D); papermill may pass an int or 'a,b'
     depths=(20, 56, 110), # ResNet depths D = 6n + 2
@@ -81,7 +81,7 @@ def check_experiment(
         if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"{name}: {folder} cannot be written ({existing} is not a writable folder)")
     return knobs
 
-# %% ../nbs/05_ablation.ipynb #8947e6f4
+# %% ../nbs/05_ablation.ipynb #c75c95cb
 def run_grid(
     models:list, # paper-style model names
     knobs:dict, # what `check_experiment` returned
@@ -95,7 +95,7 @@ def run_grid(
                                  Recipe(bs=knobs['bs']), device=device))
     return records
 
-# %% ../nbs/05_ablation.ipynb #6f897161
+# %% ../nbs/05_ablation.ipynb #f6975e83
 def summarize(
     records:list, # run records from a `ResultsStore`
     epochs:int|None=None, # keep only runs of this many epochs
@@ -110,7 +110,7 @@ def summarize(
         mean=('top1', 'mean'), std=('top1', 'std'), runs=('top1', 'size'), seeds=('seed', lambda s: sorted(s)))
     return table.reset_index()
 
-# %% ../nbs/05_ablation.ipynb #4cd24e7d
+# %% ../nbs/05_ablation.ipynb #3e842f43
 def plot_paths_ablation(
     summary:pd.DataFrame, # from `summarize`
     depths:list, # depths to draw
