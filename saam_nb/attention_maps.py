@@ -5,32 +5,34 @@
 # %% auto #0
 __all__ = ['score_maps', 'plot_score_maps']
 
-# %% ../nbs/07_attention_maps.ipynb #55b9e11a
+# %% ../nbs/07_attention_maps.ipynb #4827273f
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
-from .aggregation import ScoreMap
+from .attention import SAAM
 
-# %% ../nbs/07_attention_maps.ipynb #5e515475
+# %% ../nbs/07_attention_maps.ipynb #86c1b159
 def score_maps(
     model:torch.nn.Module, # a network with SAAM modules
     images:torch.Tensor, # a batch of (normalised) input images
-    blocks:list|None=None, # names of the modules to read, as in `model.named_modules()`; None: every `ScoreMap`
+    blocks:list|None=None, # names of the SAAM modules to read, as in `model.named_modules()`, or of their blocks; None: all
 ) -> dict: # module name -> score maps V (B, K, H, W)
-    "Run `model` on `images` in eval mode and return the score maps V of every chosen `ScoreMap`."
-    found = {name: m for name, m in model.named_modules() if isinstance(m, ScoreMap)}
-    if not found: raise ValueError("model: no ScoreMap inside; score maps exist only in SAAM models")
-    chosen = list(found) if blocks is None else [b if b in found else f'{b}.attention.score_map' for b in blocks]
+    "Run `model` on `images` in eval mode and return the score maps V (Eq. 7) of every chosen SAAM module."
+    found = {name: m for name, m in model.named_modules() if isinstance(m, SAAM)}
+    if not found: raise ValueError("model: no SAAM module inside; score maps exist only in SAAM models")
+    chosen = list(found) if blocks is None else [b if b in found else f'{b}.attention' for b in blocks]
     missing = [b for b in chosen if b not in found]
-    if missing: raise ValueError(f"blocks: {missing} are not score maps of this model; choose from {list(found)}")
-    maps, handles = {}, [found[b].register_forward_hook(lambda m, i, out, b=b: maps.__setitem__(b, out.detach())) for b in chosen]
+    if missing: raise ValueError(f"blocks: {missing} are not SAAM modules of this model; choose from {list(found)}")
+    maps = {}
+    def record(name): return lambda module, inputs: maps.__setitem__(name, module.score_map(inputs[0]).detach())
+    handles = [found[b].register_forward_pre_hook(record(b)) for b in chosen]
     try:
         with torch.no_grad(): model.eval()(images)
     finally:
         for h in handles: h.remove()
     return maps
 
-# %% ../nbs/07_attention_maps.ipynb #61f07d1c
+# %% ../nbs/07_attention_maps.ipynb #413ca8a0
 def plot_score_maps(
     images:torch.Tensor, # uint8 images (N, 3, H, W) for display
     maps:dict, # from `score_maps`, for the same images
@@ -48,7 +50,7 @@ def plot_score_maps(
             v = maps[name][row, k]
             heat = F.interpolate(v[None, None].float(), size=size, mode='bilinear', align_corners=False)[0, 0].cpu()
             axes[row, col].imshow(picture); axes[row, col].imshow(heat / heat.max(), cmap='inferno', alpha=alpha, vmin=0, vmax=1)
-            if row == 0: axes[row, col].set_title(f"{name.replace('.attention.score_map', '')} path {k}\n{v.shape[-2]}x{v.shape[-1]}", fontsize=8)
+            if row == 0: axes[row, col].set_title(f"{name.replace('.attention', '')} path {k}\n{v.shape[-2]}x{v.shape[-1]}", fontsize=8)
     for ax in axes.flat: ax.axis('off')
     fig.tight_layout()
     return fig
