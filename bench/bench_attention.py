@@ -5,7 +5,7 @@ plain PyTorch loop.
 Every measurement interleaves the candidates (one step of each model in turn, `--repeats` times) so that a change
 in machine load hits all of them alike, and reports medians. Run `python bench/bench_attention.py --help`.
 """
-import argparse, contextlib, io, json, os, platform, statistics, sys, tempfile, time
+import argparse, contextlib, io, json, os, platform, random, statistics, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -32,17 +32,18 @@ def parse_args(argv=None):
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast (GPU only, like saam_nb.train)')
     parser.add_argument('--channels-last', action='store_true', help='channels_last memory format for models and inputs')
     parser.add_argument('--bs', type=int, default=128, help='batch size')
-    parser.add_argument('--repeats', type=int, default=15, help='timed steps of every model (interleaved); medians are reported')
+    parser.add_argument('--repeats', type=int, default=21, help='timed steps of every model (interleaved); medians are reported')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps of every model first')
     parser.add_argument('--fit-model', default='saam-1-20', help='model of the fastai vs plain loop comparison')
     parser.add_argument('--fit-batches', type=int, default=12, help='training batches per epoch in that comparison')
     parser.add_argument('--fit-repeats', type=int, default=5, help='timed epochs of each path (interleaved, after one warm-up epoch)')
     parser.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights and the synthetic data')
-    parser.add_argument('--quick', action='store_true', help='a seconds-long smoke run (batch 8, 2 repeats, 2-batch epochs) for tests')
+    parser.add_argument('--quick', action='store_true', help='a seconds-long smoke run (batch 8, 2 repeats, 2-batch epochs, 1 thread) for tests')
     parser.add_argument('--out', default=str(Path(__file__).parent/'results'), help='folder for the CSV and JSON results')
     args = parser.parse_args(argv)
-    if args.quick: args.bs, args.repeats, args.warmup, args.fit_batches, args.fit_repeats = 8, 2, 1, 2, 2
+    # one thread unless asked: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
+    if args.quick: args.bs, args.repeats, args.warmup, args.fit_batches, args.fit_repeats, args.threads = 8, 2, 1, 2, 2, args.threads or 1
     if args.device not in ('cpu', 'cuda'): parser.error(f"--device: expected 'cpu' or 'cuda', got {args.device!r}")
     if args.device == 'cuda' and not torch.cuda.is_available(): parser.error('--device cuda: no GPU is visible to torch')
     if args.bf16 and args.device != 'cuda': parser.error('--bf16: bf16 autocast is for GPU training (saam_nb.train refuses it on the CPU)')
@@ -65,13 +66,14 @@ def timed(fn, device:torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device) -> dict:
-    "Seconds of every call of each function in `fns`, called in turn, `warmup` untimed rounds first."
+def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device, seed:int=0) -> dict:
+    "Seconds of every call of each function in `fns`, one call of each per round in a shuffled order, after `warmup` untimed rounds."
     for _ in range(warmup):
         for fn in fns.values(): fn()
-    times = {name: [] for name in fns}
+    times, order, rng = {name: [] for name in fns}, list(fns), random.Random(seed)
     for _ in range(repeats):
-        for name, fn in fns.items(): times[name].append(timed(fn, device))
+        rng.shuffle(order)  # so that no model always follows the same one (whose caches and allocations it inherits)
+        for name in order: times[name].append(timed(fns[name], device))
     return times
 
 
@@ -123,8 +125,8 @@ class ModelUnderTest:
 def module_table(args, device:torch.device) -> tuple:
     "The per-model table (a DataFrame) and the raw times in seconds."
     models = {name: ModelUnderTest(name, args, device) for name in MODELS.values()}
-    train = interleaved_times({n: m.train_step for n, m in models.items()}, args.repeats, args.warmup, device)
-    infer = interleaved_times({n: m.inference for n, m in models.items()}, args.repeats, args.warmup, device)
+    train = interleaved_times({n: m.train_step for n, m in models.items()}, args.repeats, args.warmup, device, args.seed)
+    infer = interleaved_times({n: m.inference for n, m in models.items()}, args.repeats, args.warmup, device, args.seed)
     rows = []
     for attention, name in MODELS.items():
         model = models[name]
@@ -257,6 +259,7 @@ def main(argv=None):
     print(f'{args.fit_model}, {args.fit_batches} batches of {args.bs} per epoch, median of {args.fit_repeats} epochs (training phase only):')
     print(fit.round(3).to_string(), '\n')
     print(pd.DataFrame(checks).set_index('target').round(3).to_string())
+    if args.quick: print('(--quick: batch 8 and 2 repeats check that the script works; its ratios say nothing about the targets)')
     print(f'\nwrote {stem}.csv, {stem}_fit.csv, {stem}.json')
 
 

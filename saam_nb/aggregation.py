@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['check_feature_map', 'score_aggregate', 'ScoreMap', 'paired_conv', 'ScoreAggregation', 'score_descriptors']
 
-# %% ../nbs/00_aggregation.ipynb #1565b0e9
+# %% ../nbs/00_aggregation.ipynb #6f9f22ce
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# %% ../nbs/00_aggregation.ipynb #dd18c8d7
+# %% ../nbs/00_aggregation.ipynb #06f13416
 def check_feature_map(
     x:torch.Tensor, # the tensor a user passed in
     channels:int|None=None, # the channel count the module was built for (None: any)
@@ -26,7 +26,7 @@ def check_feature_map(
     if not x.is_floating_point(): raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}; convert images with `.float()`")
     if x.shape[2] < 1 or x.shape[3] < 1: raise ValueError(f"{name}: expected H, W >= 1, got shape {tuple(x.shape)}")
 
-# %% ../nbs/00_aggregation.ipynb #2cfcd08e
+# %% ../nbs/00_aggregation.ipynb #b05f68a0
 def score_aggregate(
     x:torch.Tensor, # feature map X, shape (B, C, H, W)
     scores:torch.Tensor, # score maps V, shape (B, K, H, W), each summing to 1 over H·W
@@ -37,7 +37,7 @@ def score_aggregate(
         raise ValueError(f"scores: expected shape ({x.shape[0]}, K, {x.shape[2]}, {x.shape[3]}) to match x {tuple(x.shape)}, got {tuple(scores.shape)}")
     return torch.matmul(scores.flatten(2), x.flatten(2).transpose(1, 2))
 
-# %% ../nbs/00_aggregation.ipynb #935d5348
+# %% ../nbs/00_aggregation.ipynb #37685915
 class ScoreMap(nn.Module):
     "Eq. 5–7: score maps V (B, `paths`, H, W) of a feature map, each a softmax over all H·W positions."
     def __init__(self,
@@ -56,16 +56,16 @@ class ScoreMap(nn.Module):
         logits = self.conv(channel_mean)                                # Eq. 6
         return torch.softmax(logits.flatten(2), -1).view_as(logits)     # Eq. 7
 
-# %% ../nbs/00_aggregation.ipynb #24c18bef
+# %% ../nbs/00_aggregation.ipynb #768e3d59
 def paired_conv(
     maps:torch.Tensor, # N single-channel maps, shape (N, H, W)
     kernels:torch.Tensor, # N kernels, shape (N, h, w)
     padding:int, # zero padding on every side
 ) -> torch.Tensor: # (N, H + 2·padding - h + 1, W + 2·padding - w + 1)
     "Convolve `maps[i]` with `kernels[i]` for every i, as one depthwise conv with N groups."
-    return F.conv2d(maps[None], kernels[:, None], padding=padding, groups=len(maps))[0]
+    return F.conv2d(maps.unsqueeze(0), kernels.unsqueeze(1), padding=padding, groups=len(maps)).squeeze(0)
 
-# %% ../nbs/00_aggregation.ipynb #42d7c263
+# %% ../nbs/00_aggregation.ipynb #e161b455
 class ScoreAggregation(torch.autograd.Function):
     "Eq. 4–7 as one autograd node: descriptors (B, K, C) of `x` under the score conv (`weight`, `bias`), with a hand-written backward."
     @staticmethod
@@ -73,26 +73,25 @@ class ScoreAggregation(torch.autograd.Function):
         batch, channels, height, width = x.shape
         paths, kernel_size = weight.shape[0], weight.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
-            weight = weight.to(x.dtype)
-            # one copy of the channel mean (Eq. 5) per path, so that each (image, path) pair is a depthwise channel
+            # every (image, path) pair is one depthwise channel: its copy of the channel mean (Eq. 5) and its path's kernel
             maps = x.mean(1, keepdim=True).expand(batch, paths, height, width).reshape(batch * paths, height, width)
-            logits = paired_conv(maps, weight[:, 0].repeat(batch, 1, 1), kernel_size // 2).view(batch, paths, -1)  # Eq. 6 (the bias cancels in Eq. 7)
-            scores = torch.softmax(logits, -1)                                                                     # Eq. 7
-            ctx.save_for_backward(x, weight, maps, scores)
-            return score_aggregate(x, scores.view(batch, paths, height, width))                                    # Eq. 4
+            kernels = weight.to(x.dtype).squeeze(1).expand(batch, -1, -1, -1).reshape(batch * paths, kernel_size, kernel_size)
+            logits = paired_conv(maps, kernels, kernel_size // 2).view(batch, paths, -1)  # Eq. 6; the bias cancels in Eq. 7
+            scores = torch.softmax(logits, -1)                                           # Eq. 7
+            ctx.save_for_backward(x, kernels, maps, scores)
+            return score_aggregate(x, scores.view(batch, paths, height, width))          # Eq. 4
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_descriptors):
-        x, weight, maps, scores = ctx.saved_tensors
+        x, kernels, maps, scores = ctx.saved_tensors
         batch, channels, height, width = x.shape
-        paths, kernel_size = weight.shape[0], weight.shape[-1]
+        paths, kernel_size = scores.shape[1], kernels.shape[-1]
         grad_descriptors = grad_descriptors.to(x.dtype)
         grad_scores = torch.bmm(grad_descriptors, x.flatten(2))
-        grad_logits = scores * (grad_scores - (grad_scores * scores).sum(-1, keepdim=True))
+        grad_logits = grad_scores.sub_((grad_scores * scores).sum(-1, keepdim=True)).mul_(scores)  # through the softmax
         grad_maps = grad_logits.view(batch * paths, height, width)
-        flipped = weight[:, 0].flip(1, 2).repeat(batch, 1, 1)
-        grad_mean = paired_conv(grad_maps, flipped, kernel_size // 2).view(batch, paths, -1).sum(1, keepdim=True)
+        grad_mean = paired_conv(grad_maps, kernels.flip(1, 2), kernel_size // 2).view(batch, paths, -1).sum(1, keepdim=True)
         grad_weight = paired_conv(maps, grad_maps, kernel_size // 2).view(batch, paths, 1, kernel_size, kernel_size).sum(0)
         # dX = dS^T V + dU / C, in X's memory format: (B, C, HW) for contiguous X, (B, HW, C) for channels-last X
         if x.is_contiguous():

@@ -6,13 +6,13 @@
 __all__ = ['ATTENTION_TYPES', 'AttentionModule', 'ExcitationMLP', 'gate_channels', 'pooled_descriptors', 'SqueezeExcite',
            'SpatialGate', 'CBAM', 'SAAM', 'create_attention', 'attention_parameters']
 
-# %% ../nbs/01_attention.ipynb #7af8c68a
+# %% ../nbs/01_attention.ipynb #4734263e
 from functools import partial
 import torch
 import torch.nn as nn
 from .aggregation import check_feature_map, score_descriptors, ScoreMap
 
-# %% ../nbs/01_attention.ipynb #db40799c
+# %% ../nbs/01_attention.ipynb #f7f66db7
 class AttentionModule(nn.Module):
     "Base of every attention module: checks the constructor arguments and the input, and marks parameters as attention parameters."
     def __init__(self,
@@ -28,7 +28,7 @@ class AttentionModule(nn.Module):
         check_feature_map(x, self.channels, name=type(self).__name__)
         return super().__call__(x)
 
-# %% ../nbs/01_attention.ipynb #075bbe9b
+# %% ../nbs/01_attention.ipynb #c775311c
 class ExcitationMLP(nn.Module):
     "The shared MLP of the excitation step: maps descriptors (B, K, C) to gate logits (B, C), summed over the K paths."
     def __init__(self,
@@ -43,7 +43,7 @@ class ExcitationMLP(nn.Module):
     def forward(self, descriptors:torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(descriptors))).sum(1)
 
-# %% ../nbs/01_attention.ipynb #8de6ecac
+# %% ../nbs/01_attention.ipynb #302e65d1
 def gate_channels(
     x:torch.Tensor, # feature map (B, C, H, W)
     logits:torch.Tensor, # gate logits (B, C)
@@ -51,7 +51,7 @@ def gate_channels(
     "Scale every channel of `x` by the sigmoid of its logit: $r_c X_c$."
     return x * torch.sigmoid(logits)[:, :, None, None]
 
-# %% ../nbs/01_attention.ipynb #4865541d
+# %% ../nbs/01_attention.ipynb #6a958496
 def pooled_descriptors(
     x:torch.Tensor, # feature map (B, C, H, W)
     paths:int, # 1: average pooling; 2: average and max pooling
@@ -60,7 +60,7 @@ def pooled_descriptors(
     mean = x.mean((2, 3))
     return mean[:, None] if paths == 1 else torch.stack([mean, x.amax((2, 3))], 1)
 
-# %% ../nbs/01_attention.ipynb #0c9ccc8f
+# %% ../nbs/01_attention.ipynb #a5205db2
 class SqueezeExcite(AttentionModule):
     "SE channel attention: pooled descriptors → shared MLP → sigmoid gates. `paths=2` is the avg & max variant (SE-2)."
     def __init__(self,
@@ -74,7 +74,7 @@ class SqueezeExcite(AttentionModule):
 
     def forward(self, x): return gate_channels(x, self.mlp(pooled_descriptors(x, self.paths)))
 
-# %% ../nbs/01_attention.ipynb #76c6a44f
+# %% ../nbs/01_attention.ipynb #b58b6db4
 class SpatialGate(nn.Module):
     "CBAM's spatial gate: sigmoid(BN(conv k×k([mean_c X, max_c X]))) scales every position of X."
     def __init__(self,
@@ -90,7 +90,7 @@ class SpatialGate(nn.Module):
         pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
         return x * torch.sigmoid(self.bn(self.conv(pooled)))
 
-# %% ../nbs/01_attention.ipynb #093b3c81
+# %% ../nbs/01_attention.ipynb #f55bebb0
 class CBAM(AttentionModule):
     "CBAM: SE-style channel attention over `paths` pooled descriptors, followed by a spatial gate."
     def __init__(self,
@@ -106,7 +106,7 @@ class CBAM(AttentionModule):
 
     def forward(self, x): return self.spatial_gate(self.channel_gate(x))
 
-# %% ../nbs/01_attention.ipynb #f3d705ee
+# %% ../nbs/01_attention.ipynb #6c22af0f
 class SAAM(AttentionModule):
     "Score-based aggregation attention: K learned score maps → K descriptors → shared MLP → sigmoid gates."
     def __init__(self,
@@ -122,7 +122,7 @@ class SAAM(AttentionModule):
 
     def forward(self, x): return gate_channels(x, self.mlp(score_descriptors(x, self.score_map)))
 
-# %% ../nbs/01_attention.ipynb #54debac5
+# %% ../nbs/01_attention.ipynb #ccc6ef22
 ATTENTION_TYPES = {'none': None, 'se': (SqueezeExcite, 1), 'se2': (SqueezeExcite, 2), 'cbam': (CBAM, 2), 'saam': (SAAM, 1)}
 
 def create_attention(
@@ -138,7 +138,7 @@ def create_attention(
     cls, default_paths = ATTENTION_TYPES[name]
     return cls(channels, reduction, paths=default_paths if paths is None else paths, **kwargs)
 
-# %% ../nbs/01_attention.ipynb #a14d9a98
+# %% ../nbs/01_attention.ipynb #adc6f36d
 def attention_parameters(
     model:nn.Module, # any network that contains attention modules
 ) -> list[nn.Parameter]:
