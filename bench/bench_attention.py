@@ -220,9 +220,15 @@ def target_checks(table:pd.DataFrame, fit:pd.DataFrame) -> list:
     return checks
 
 
+def cpu_name() -> str:
+    "The CPU model that /proc/cpuinfo names, else what `platform` knows."
+    try: return next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
+
 def environment(device:torch.device) -> dict:
     "The machine, the libraries and the load, for the record."
-    return dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine(),
+    return dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name(),
                 cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
                 load_average=os.getloadavg())
 
@@ -250,7 +256,7 @@ def main(argv=None):
     table.to_csv(f'{stem}.csv'); fit.to_csv(f'{stem}_fit.csv')
     Path(f'{stem}.json').write_text(json.dumps(record, indent=1, default=float))
     env = start_environment
-    print(f"{env['device']}, {env['threads']} threads, torch {env['torch']}; batch {args.bs}, {args.repeats} interleaved repeats, "
+    print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; batch {args.bs}, {args.repeats} interleaved repeats, "
           f"{'bf16' if args.bf16 else 'fp32'}, {'channels_last' if args.channels_last else 'NCHW'}; "
           f"load average {env['load_average'][0]:.1f} before, {record['load_average_after'][0]:.1f} after")
     print(f"peak memory: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocation events'}, "
