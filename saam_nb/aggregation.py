@@ -73,13 +73,14 @@ class ScoreAggregation(torch.autograd.Function):
         batch, channels, height, width = x.shape
         paths, kernel_size = weight.shape[0], weight.shape[-1]
         with torch.autocast(x.device.type, enabled=False):
-            # every (image, path) pair is one depthwise channel: its copy of the channel mean (Eq. 5) and its path's kernel
-            maps = x.mean(1, keepdim=True).expand(batch, paths, height, width).reshape(batch * paths, height, width)
-            kernels = weight.to(x.dtype).squeeze(1).expand(batch, -1, -1, -1).reshape(batch * paths, kernel_size, kernel_size)
+            # every (image, path) pair is one depthwise channel: its copy of the channel sum and its path's kernel,
+            # scaled by 1/C so that the conv sees the channel mean (Eq. 5)
+            maps = x.sum(1, keepdim=True).expand(batch, paths, height, width).reshape(batch * paths, height, width)
+            kernels = (weight.to(x.dtype) / channels).squeeze(1).expand(batch, -1, -1, -1).reshape(batch * paths, kernel_size, kernel_size)
             logits = paired_conv(maps, kernels, kernel_size // 2).view(batch, paths, -1)  # Eq. 6; the bias cancels in Eq. 7
             scores = torch.softmax(logits, -1)                                           # Eq. 7
             ctx.save_for_backward(x, kernels, maps, scores)
-            return score_aggregate(x, scores.view(batch, paths, height, width))          # Eq. 4
+            return torch.bmm(scores, x.flatten(2).transpose(1, 2))                       # Eq. 4
 
     @staticmethod
     @once_differentiable
@@ -91,14 +92,15 @@ class ScoreAggregation(torch.autograd.Function):
         grad_scores = torch.bmm(grad_descriptors, x.flatten(2))
         grad_logits = grad_scores.sub_((grad_scores * scores).sum(-1, keepdim=True)).mul_(scores)  # through the softmax
         grad_maps = grad_logits.view(batch * paths, height, width)
-        grad_mean = paired_conv(grad_maps, kernels.flip(1, 2), kernel_size // 2).view(batch, paths, -1).sum(1, keepdim=True)
-        grad_weight = paired_conv(maps, grad_maps, kernel_size // 2).view(batch, paths, 1, kernel_size, kernel_size).sum(0)
-        # dX = dS^T V + dU / C, in X's memory format: (B, C, HW) for contiguous X, (B, HW, C) for channels-last X
-        if x.is_contiguous():
-            grad_x = torch.baddbmm(grad_mean, grad_descriptors.transpose(1, 2), scores, beta=1 / channels).view_as(x)
-        else:
-            grad_x = torch.baddbmm(grad_mean.transpose(1, 2), scores.transpose(1, 2), grad_descriptors, beta=1 / channels)
-            grad_x = grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        grad_sum = paired_conv(grad_maps, kernels.flip(1, 2), kernel_size // 2).view(batch, paths, -1)
+        if paths > 1: grad_sum = grad_sum.sum(1, keepdim=True)
+        grad_weight = paired_conv(maps, grad_maps, kernel_size // 2).view(batch, paths, 1, kernel_size, kernel_size).sum(0).div_(channels)
+        # dX = dS^T V + the channel sum's gradient (broadcast over C), in X's memory format:
+        # (B, C, HW) for contiguous X, (B, HW, C) for channels-last X
+        if x.is_contiguous(): left, right, broadcast = grad_descriptors.transpose(1, 2), scores, grad_sum
+        else: left, right, broadcast = scores.transpose(1, 2), grad_descriptors, grad_sum.transpose(1, 2)
+        grad_x = torch.addcmul(broadcast, left, right) if paths == 1 else torch.bmm(left, right).add_(broadcast)
+        grad_x = grad_x.view_as(x) if x.is_contiguous() else grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return grad_x, grad_weight, grad_weight.new_zeros(paths)
 
 def score_descriptors(
