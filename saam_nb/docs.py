@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['PAGE', 'SITE_CSS', 'front_matter', 'processed_notebook', 'as_nbformat', 'notebook_markdown', 'render_readme',
            'heading_id', 'SiteRenderer', 'pandoc_links_to_html', 'SiteExporter', 'apply_cell_options', 'relink',
-           'copy_linked_files', 'page_html', 'build_site', 'saam_docs']
+           'copy_linked_files', 'page_html', 'build_site', 'saam_readme_cli', 'saam_docs_cli']
 
 # %% ../nbs/10_docs.ipynb #47f57d87
 import html, json, re, shutil
@@ -63,10 +63,9 @@ def notebook_markdown(nb, meta:dict) -> str: # a processed notebook and its fron
     return head + body.strip() + '\n'
 
 # %% ../nbs/10_docs.ipynb #c934e39b
-@call_parse
 def render_readme(
-    dest:str=None, # where to write; default README.md at the project root
-):
+    dest:str|Path|None=None, # where to write; default README.md at the project root
+) -> Path: # the README written
     "Write the project README from `index.ipynb`, executed, as `nbdev_readme` would without Quarto."
     cfg = get_config()
     nb, meta = processed_notebook(cfg.readme_nb)
@@ -258,7 +257,18 @@ def build_site(
 
 # %% ../nbs/10_docs.ipynb #392010e1
 @call_parse
-def saam_docs():
-    "Build the docs site into `doc_path`: with `nbdev_docs` where Quarto is on the PATH, else with `build_site`."
-    if shutil.which('quarto'): return nbdev_docs()
-    return build_site(get_config().doc_path)
+def saam_readme_cli(
+    dest:str=None, # where to write; default README.md at the project root
+):
+    "Command line `saam_readme`: write the README with `render_readme` and print where."
+    print(f'wrote {render_readme(dest)}')
+
+@call_parse
+def saam_docs_cli(
+    dest:str=None, # folder for the site; default `doc_path` in settings.ini
+):
+    "Command line `saam_docs`: build the docs site with `nbdev_docs` where Quarto is on the PATH, else with `build_site`."
+    cfg = get_config()
+    dest = Path(dest or cfg.doc_path)
+    if shutil.which('quarto') and dest.resolve() == Path(cfg.doc_path).resolve(): nbdev_docs()
+    else: print(f'wrote {len(build_site(dest))} pages to {dest}')
