@@ -49,9 +49,10 @@ def processed_notebook(
 
 # %% ../nbs/10_docs.ipynb #49626354
 def as_nbformat(nb): # a notebook as execnb reads and runs it
-    "`nb` as an `nbformat` node (execnb keeps multi-line outputs as lists of lines; nbconvert wants strings)."
+    "`nb` as an `nbformat` node (execnb keeps multi-line outputs as lists of lines; nbconvert wants strings), cells numbered."
     node = nbformat.reads(json.dumps(nb), as_version=4)
     node.metadata.setdefault('language_info', {'name': 'python'})
+    for number, cell in enumerate(node.cells): cell.id = f'cell-{number}'  # nbdev gives the cells it adds random ids
     return node
 
 # %% ../nbs/10_docs.ipynb #adb19a03
