@@ -97,10 +97,11 @@ class ScoreAggregation(torch.autograd.Function):
         grad_weight = paired_conv(maps, grad_maps, kernel_size // 2).view(batch, paths, 1, kernel_size, kernel_size).sum(0).div_(channels)
         # dX = dS^T V + the channel sum's gradient (broadcast over C), in X's memory format:
         # (B, C, HW) for contiguous X, (B, HW, C) for channels-last X
-        if x.is_contiguous(): left, right, broadcast = grad_descriptors.transpose(1, 2), scores, grad_sum
+        contiguous = x.is_contiguous()
+        if contiguous: left, right, broadcast = grad_descriptors.transpose(1, 2), scores, grad_sum
         else: left, right, broadcast = scores.transpose(1, 2), grad_descriptors, grad_sum.transpose(1, 2)
         grad_x = torch.addcmul(broadcast, left, right) if paths == 1 else torch.bmm(left, right).add_(broadcast)
-        grad_x = grad_x.view_as(x) if x.is_contiguous() else grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        grad_x = grad_x.view_as(x) if contiguous else grad_x.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return grad_x, grad_weight, grad_weight.new_zeros(paths)
 
 def score_descriptors(

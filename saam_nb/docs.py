@@ -271,5 +271,5 @@ def saam_docs_cli(
     "Command line `saam_docs`: build the docs site with `nbdev_docs` where Quarto is on the PATH, else with `build_site`."
     cfg = get_config()
     dest = Path(dest or cfg.doc_path)
-    if shutil.which('quarto') and dest.resolve() == Path(cfg.doc_path).resolve(): nbdev_docs()
+    if shutil.which('quarto') and dest.resolve() == cfg.doc_path.resolve(): nbdev_docs()
     else: print(f'wrote {len(build_site(dest))} pages to {dest}')

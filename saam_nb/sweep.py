@@ -12,11 +12,12 @@ from functools import partial
 from pathlib import Path
 from fastprogress.fastprogress import progress_bar
 from .resnet import model_name
-from .train import Recipe, ResultsStore, check_run_args, run_key
+from .train import Recipe, ResultsStore, add_flag, check_run_args, run_key
+from .comparison import TABLE_ROWS
 from .experiments import as_list, strict_int
 
 # %% ../nbs/11_scale.ipynb #a87cc02d
-TABLE_MODELS = [('none', None), ('se', 1), ('se', 2), ('cbam', 2), ('saam', 1)]
+TABLE_MODELS = [(attention, paths) for attention, paths, _ in TABLE_ROWS]  # the rows of Tables II and III
 ABLATION_MODELS = [('saam', 2), ('saam', 4)]
 
 def paper_runs(
@@ -104,10 +105,10 @@ def sweep_arguments() -> argparse.ArgumentParser:
     parser.add_argument('--epochs', type=int, default=182)
     parser.add_argument('--bs', type=int, default=128)
     parser.add_argument('--gpus', default='0', help="comma-separated GPU indices, one run per GPU at a time; 'cpu' entries for CPU workers")
-    parser.add_argument('--data-dir', '--data_dir', dest='data_dir', default=None)
+    add_flag(parser, 'data_dir', default=None)
     parser.add_argument('--results', default='results')
-    parser.add_argument('--print-commands', '--print_commands', dest='print_commands', action='store_true',
-                        help='print one saam_train command per unfinished run (for cluster job arrays) and exit')
+    add_flag(parser, 'print_commands', action='store_true',
+             help='print one saam_train command per unfinished run (for cluster job arrays) and exit')
     return parser
 
 def saam_sweep_cli(argv:list|None=None): # command-line arguments; None: sys.argv

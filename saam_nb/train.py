@@ -6,7 +6,7 @@
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 'create_learner', 'NonFiniteLoss', 'atomic_write',
            'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint', 'run_key', 'ResultsStore',
            'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'environment',
-           'train_run', 'train_arguments', 'saam_train_cli']
+           'train_run', 'add_flag', 'train_arguments', 'saam_train_cli']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
 import argparse, contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
@@ -272,10 +272,18 @@ def train_run(
     return record
 
 # %% ../nbs/04_train.ipynb #32b98d2a
+def add_flag(
+    parser:argparse.ArgumentParser, # the command line to extend
+    name:str, # the option's name as a Python identifier, e.g. 'data_dir'
+    **kwargs, # passed to `parser.add_argument`
+):
+    "Add `--name` with dashes (`--data-dir`) and, for names with underscores, also as written (`--data_dir`)."
+    parser.add_argument(f"--{name.replace('_', '-')}", *([f'--{name}'] if '_' in name else []), dest=name, **kwargs)
+
 def train_arguments() -> argparse.ArgumentParser:
     "The command line of `saam_train` (flags take dashes or underscores: `--data-dir` or `--data_dir`)."
     parser = argparse.ArgumentParser(prog='saam_train', description="Train one model with the paper's recipe and print a one-line summary.")
-    def flag(name, **kwargs): parser.add_argument(f"--{name.replace('_', '-')}", *([f'--{name}'] if '_' in name else []), dest=name, **kwargs)
+    def flag(name, **kwargs): add_flag(parser, name, **kwargs)
     flag('model', default='saam-1-20', help='paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D')
     flag('dataset', default='cifar100', help='cifar10, cifar100 or digits')
     flag('epochs', type=int, default=182, help='epochs of the step schedule')
