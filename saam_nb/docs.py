@@ -49,8 +49,9 @@ def processed_notebook(
 
 # %% ../nbs/10_docs.ipynb #49626354
 def as_nbformat(nb): # a notebook as execnb reads and runs it
-    "`nb` as an `nbformat` node (execnb keeps multi-line outputs as lists of lines; nbconvert wants strings), cells numbered."
-    node = nbformat.reads(json.dumps(nb), as_version=4)
+    "`nb` as an `nbformat` node (execnb keeps multi-line outputs as lists of lines; nbconvert wants strings), cells numbered, memory addresses dropped."
+    # a default such as accelerate's `object()` sentinel shows in signatures as `<object object at 0x7f...>`, a new address every run
+    node = nbformat.reads(re.sub(r' at 0x[0-9a-fA-F]+', '', json.dumps(nb)), as_version=4)
     node.metadata.setdefault('language_info', {'name': 'python'})
     for number, cell in enumerate(node.cells): cell.id = f'cell-{number}'  # nbdev gives the cells it adds random ids
     return node
