@@ -54,7 +54,7 @@ def check_experiment(
     epochs=182, # epochs of every run
     seeds=(0, 1, 2), # seeds; results are mean ± std over them
     data_dir=None, # folder with the CIFAR files (None: $SAAM_DATA or the cache)
-    results_dir=None, # results store folder (None: results/ at the project root)
+    results_dir=None, # results store folder (None: nbs/records/ at the project root, committed with the project)
     bs=128, # batch size
     figures_dir=None, # where figures and tables go (None: nbs/figures/ at the project root, which the docs show)
 ) -> dict: # the same knobs, normalised to lists and ints, folders resolved
@@ -66,7 +66,7 @@ def check_experiment(
                  depths=checked('depths', lambda v: as_list(v, strict_int), depths),
                  dataset=as_list(dataset, str), epochs=checked('epochs', strict_int, epochs),
                  seeds=checked('seeds', lambda v: as_list(v, strict_int), seeds), bs=checked('bs', strict_int, bs),
-                 data_dir=data_dir, results_dir=Path(results_dir or project_root()/'results'),
+                 data_dir=data_dir, results_dir=Path(results_dir or project_root()/'nbs'/'records'),
                  figures_dir=Path(figures_dir or project_root()/'nbs'/'figures'))
     if any(k < 1 for k in knobs['paths']): raise ValueError(f"paths: every K must be >= 1, got {knobs['paths']}")
     for depth in knobs['depths']: checked('depths', check_depth, depth)

@@ -12,7 +12,9 @@ from functools import partial
 from pathlib import Path
 from fastprogress.fastprogress import progress_bar
 from .resnet import model_name
-from .train import Recipe, ResultsStore, add_flag, check_run_args, run_key
+from .train import Recipe, add_flag, check_run_args
+from .store import ResultsStore, run_key
+from .data import dataset_label
 from .comparison import TABLE_ROWS
 from .experiments import as_list, strict_int
 
@@ -40,14 +42,14 @@ def train_command(
     cpu:bool=False, # train on the CPU
 ) -> list: # the argument list of a `saam_train` process
     "The `saam_train` command line of one run."
-    command = [str(Path(sys.executable).parent/'saam_train'), f"--model={run['model']}", f"--dataset={run['dataset']}",
+    command = [sys.executable, '-m', 'saam_nb.train', f"--model={run['model']}", f"--dataset={run['dataset']}",
                f"--seed={run['seed']}", f'--epochs={epochs}', f'--bs={bs}', f'--results={results}']
     return command + ([f'--data-dir={data_dir}'] if data_dir else []) + (['--cpu'] if cpu else [])
 
 # %% ../nbs/11_scale.ipynb #3dade945
 def sweep_key(run:dict, epochs:int, bs:int) -> str: # model, dataset, seed; epochs; batch size
     "The results-store key of one run of a sweep."
-    return run_key(run['model'], run['dataset'], epochs, run['seed'], Recipe(bs=bs))
+    return run_key(run['model'], dataset_label(run['dataset']), epochs, run['seed'], Recipe(bs=bs))
 
 def check_runs(runs:list, epochs:int, results, data_dir=None, bs:int=128): # see `run_sweep`
     "Validate every run of a sweep before any starts."
@@ -127,3 +129,5 @@ def saam_sweep_cli(argv:list|None=None): # command-line arguments; None: sys.arg
     except ValueError as e: sys.exit(f'saam_sweep: {e}')
     print(f"saam_sweep: {len(outcome['finished'])} finished, {len(outcome['skipped'])} already done, {len(outcome['failed'])} failed")
     if outcome['failed']: sys.exit(f"saam_sweep: failed runs (see {args.results}/logs): {', '.join(outcome['failed'])}")
+
+if __name__ == '__main__': saam_sweep_cli()  # `python -m saam_nb.sweep`
