@@ -69,7 +69,11 @@ def paired_conv(
 class ScoreAggregation(torch.autograd.Function):
     "Eq. 4–7 as one autograd node: descriptors (B, K, C) of `x` under the score conv (`weight`, `bias`), with a hand-written backward."
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx,
+        x:torch.Tensor, # feature map X, shape (B, C, H, W)
+        weight:torch.Tensor, # the score conv's kernels, shape (K, 1, k, k)
+        bias:torch.Tensor, # the score conv's bias (K,): never read, Eq. 7 cancels it; an input so that it gets its zero gradient, which data-parallel training (DDP) needs of every parameter
+    ) -> torch.Tensor: # channel descriptors s, shape (B, K, C)
         batch, channels, height, width = x.shape
         paths, kernel_size = weight.shape[0], weight.shape[-1]
         with torch.autocast(x.device.type, enabled=False):

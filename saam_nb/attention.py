@@ -7,7 +7,6 @@ __all__ = ['ATTENTION_TYPES', 'AttentionModule', 'ExcitationMLP', 'gate_channels
            'SpatialGate', 'CBAM', 'SAAM', 'create_attention', 'attention_parameters']
 
 # %% ../nbs/01_attention.ipynb #4734263e
-from functools import partial
 import torch
 import torch.nn as nn
 from .aggregation import check_feature_map, score_descriptors, ScoreMap
