@@ -17,7 +17,8 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 license_name = licenses[cfg['license']]
 min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
-dev_requirements = cfg.get('dev_requirements', '').split()
+docs_requirements = cfg.get('docs_requirements', '').split()
+dev_requirements = docs_requirements + cfg.get('dev_requirements', '').split()
 console_scripts = cfg.get('console_scripts', '').split()
 long_description = open('README.md', encoding='utf-8').read()
 
@@ -39,7 +40,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_name'], f'{cfg["lib_name"]}.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'timm': cfg.get('timm_requirements', '').split()},
+    extras_require={'docs': docs_requirements, 'dev': dev_requirements, 'timm': cfg.get('timm_requirements', '').split()},
     python_requires=f'>={min_python}',
     entry_points={'console_scripts': console_scripts, 'nbdev': [f'{cfg["lib_name"]}={cfg["lib_name"]}._modidx:d']},
     zip_safe=False,
