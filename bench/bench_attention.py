@@ -142,12 +142,12 @@ def module_table(args, device:torch.device) -> tuple:
     return table, dict(train_s=train, infer_s=infer)
 
 
-def synthetic_cifar(images:int, seed:int) -> dict:
-    "Random uint8 images and labels in the layout of `saam_nb.data.load_dataset`, with one validation batch."
+def synthetic_cifar(images:int, seed:int, valid:int|None=None) -> dict:
+    "Random uint8 images and labels in the layout of `saam_nb.data.load_dataset`: `images` to train, `valid` (default one batch of at most 256) to validate."
     generator = torch.Generator().manual_seed(seed)
     def split(count): return (torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator),
                               torch.randint(0, CLASSES, (count,), generator=generator))
-    return dict(train=split(images), valid=split(min(images, 256)), classes=CLASSES)
+    return dict(train=split(images), valid=split(min(images, 256) if valid is None else valid), classes=CLASSES)
 
 
 class TrainPhaseTimer(Callback):
@@ -163,32 +163,52 @@ class TrainPhaseTimer(Callback):
 
 
 class PlainLoop:
-    "One epoch of the same training in plain PyTorch: index, augment and normalise the uint8 batch, then SGD with momentum and L2."
-    def __init__(self, name:str, data:dict, args, device:torch.device, recipe:Recipe):
-        torch.manual_seed(args.seed)
-        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = create_model(name, data['classes']).to(device, memory_format=self.memory_format)
+    "The training of `create_learner` in plain PyTorch: index, augment and normalise the uint8 batch, then SGD with momentum and L2."
+    def __init__(self,
+        model:torch.nn.Module|str, # a network, or a paper-style model name
+        data:dict, # images and labels as `synthetic_cifar` or `saam_nb.data.load_dataset` return them
+        recipe:Recipe, # batch size, learning rate, momentum and L2 of the training
+        device:torch.device, # where to train
+        bf16:bool=False, # bf16 autocast of the forward pass and the loss
+        channels_last:bool=False, # channels_last memory format for the model and the batches
+    ):
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if isinstance(model, str): model = create_model(model, data['classes'])
+        self.model = model.to(device, memory_format=self.memory_format)
         base, attention = split_attention(self.model)
         self.optimizer = torch.optim.SGD([dict(params=base, weight_decay=recipe.weight_decay), dict(params=attention, weight_decay=0.0)],
                                          lr=recipe.lr, momentum=recipe.momentum)
-        self.images, self.labels = data['train']
-        mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in channel_stats(self.images))
-        self.mean, self.std, self.bs, self.device = mean, std, args.bs, device
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
+        mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in channel_stats(data['train'][0]))
+        self.data, self.mean, self.std, self.bs, self.device = data, mean, std, recipe.bs, device
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def epoch(self):
-        "Train one epoch."
+    def batches(self, split:str, bs:int, shuffle:bool, augment:bool):
+        "Normalised (images, labels) batches of `split` ('train' or 'valid') on the device, pad-crop-flipped if `augment`."
+        images, labels = self.data[split]
+        order = torch.randperm(len(labels)) if shuffle else torch.arange(len(labels))
+        for start in range(0, len(order), bs):
+            index = order[start:start + bs]
+            batch = images[index].to(self.device)
+            if augment: batch = pad_crop_flip(batch, *sample_crop_flip(len(batch), 4, self.device), padding=4)
+            yield ((batch.float() / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format), labels[index].to(self.device)
+
+    def train_epoch(self):
+        "Train one epoch on the training split."
         self.model.train()
-        order = torch.randperm(len(self.labels))
-        for start in range(0, len(order), self.bs):
-            index = order[start:start + self.bs]
-            images, labels = self.images[index].to(self.device), self.labels[index].to(self.device)
-            images = pad_crop_flip(images, *sample_crop_flip(len(images), 4, self.device), padding=4)
-            images = ((images.float() / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        for images, labels in self.batches('train', self.bs, shuffle=True, augment=True):
             with torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+
+    def validate(self) -> float:
+        "Top-1 accuracy on the validation split, in batches of twice the training batch, as `saam_nb.data.dataloaders` validates."
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for images, labels in self.batches('valid', 2 * self.bs, shuffle=False, augment=False):
+                with torch.autocast(**self.autocast): correct += (self.model(images).argmax(1) == labels).sum()
+        return correct.item() / len(self.data['valid'][1])
 
 
 def fit_comparison(args, device:torch.device) -> tuple:
@@ -197,15 +217,17 @@ def fit_comparison(args, device:torch.device) -> tuple:
     torch.manual_seed(args.seed)
     learn = create_learner(args.fit_model, dataloaders(data, args.bs, device), recipe,
                            mixed_precision=args.bf16, channels_last=args.channels_last)
-    timer, plain = TrainPhaseTimer(), PlainLoop(args.fit_model, data, args, device, recipe)
+    timer = TrainPhaseTimer()
+    torch.manual_seed(args.seed)
+    plain = PlainLoop(args.fit_model, data, recipe, device, args.bf16, args.channels_last)
     plain_seconds = []
     def fastai_epoch():
         with contextlib.redirect_stdout(io.StringIO()): learn.fit(1, cbs=timer)  # fastai's progress bars print
-    def plain_epoch(): plain_seconds.append(timed(plain.epoch, device))
+    def plain_epoch(): plain_seconds.append(timed(plain.train_epoch, device))
     for repeat in range(args.fit_repeats + 1):  # the first epoch of each path warms up and is dropped
         for epoch in (fastai_epoch, plain_epoch) if repeat % 2 else (plain_epoch, fastai_epoch): epoch()  # alternate who goes first
     speeds = dict(fastai=[n / s for n, s in zip(timer.images[1:], timer.seconds[1:])],
-                  plain=[len(plain.labels) / s for s in plain_seconds[1:]])
+                  plain=[len(data['train'][1]) / s for s in plain_seconds[1:]])
     table = pd.DataFrame([dict(path=path, images_per_s=statistics.median(v)) for path, v in speeds.items()]).set_index('path')
     table['vs_plain'] = table.images_per_s / table.loc['plain', 'images_per_s']
     return table, dict(images_per_s=speeds)
