@@ -118,8 +118,9 @@ def saam_sweep_cli(argv:list|None=None): # command-line arguments; None: sys.arg
     args = sweep_arguments().parse_args(argv)
     try:
         seeds = as_list(args.seeds, strict_int)
-        runs = paper_runs(seeds) if args.paper else [dict(model=m, dataset=d, seed=s) for d in as_list(args.datasets, str)
-                                                    for m in as_list(args.models, str) for s in seeds]
+        # seed by seed: a sweep stopped part-way leaves whole seeds of every configuration, which paired comparisons need
+        runs = paper_runs(seeds) if args.paper else [dict(model=m, dataset=d, seed=s) for s in seeds for d in as_list(args.datasets, str)
+                                                    for m in as_list(args.models, str)]
         if args.print_commands:
             check_runs(runs, args.epochs, args.results, args.data_dir, args.bs)
             for run in unfinished(runs, args.epochs, args.results, args.bs):

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 'bf16_supported', 'BF16Autocast',
            'create_learner', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint',
-           'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'environment',
-           'train_run', 'add_flag', 'train_arguments', 'saam_train_cli']
+           'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'device_name',
+           'environment', 'train_run', 'add_flag', 'train_arguments', 'saam_train_cli']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
 import argparse, contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
@@ -141,6 +141,7 @@ class RunCheckpoint(Callback):
     ):
         self.path, self.history = path and Path(path), list(history or [])
 
+    def before_fit(self): self.device_name = device_name(self.dls.device)  # in every epoch's row: a run resumed elsewhere keeps both
     def before_epoch(self): self.epoch_start, self.loss_sum, self.samples = time.time(), 0.0, 0
 
     def after_batch(self):
@@ -149,7 +150,7 @@ class RunCheckpoint(Callback):
     def after_epoch(self):
         if self.epoch < len(self.history): return  # an epoch skipped while resuming
         logged = dict(zip(self.recorder.metric_names, self.recorder.log))
-        row = dict(epoch=self.epoch, lr=self.opt.hypers[0]['lr'], seconds=time.time() - self.epoch_start,
+        row = dict(epoch=self.epoch, lr=self.opt.hypers[0]['lr'], seconds=time.time() - self.epoch_start, device=self.device_name,
                    train_loss=float(self.loss_sum / max(self.samples, 1)), valid_loss=float(logged['valid_loss']),
                    **{m.name: float(logged[m.name]) for m in self.metrics})
         if not all(math.isfinite(row[k]) for k in ('train_loss', 'valid_loss')):
@@ -197,9 +198,16 @@ def check_run_args(
     if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"results: {results} cannot be written ({existing} is not a writable folder)")
 
 # %% ../nbs/04_train.ipynb #0205242a
-def environment() -> dict:
+def device_name(device) -> str: # a torch device or its name
+    "What a device is: the GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."
+    device = torch.device(device)
+    if device.type == 'cuda': return torch.cuda.get_device_name(device)
+    try: return next(line.split(':', 1)[1].strip() for line in Path('/proc/cpuinfo').read_text().splitlines() if line.startswith('model name'))
+    except (OSError, StopIteration): return platform.processor() or platform.machine()
+
+def environment(device) -> dict: # the training device
     "Library versions and the device a run used."
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    device = device_name(device)
     return dict(device=device, torch=torch.__version__, fastai=fastai.__version__, saam_nb=saam_nb.__version__,
                 python=platform.python_version(), threads=torch.get_num_threads())
 
@@ -238,7 +246,7 @@ def train_run(
     run_checkpoint = RunCheckpoint(checkpoint if rank == 0 else None, saved['history'] if saved else None)
     record = dict(key=key, model=model, dataset=dataset_label(dataset), epochs=epochs, seed=seed, recipe=asdict(recipe), world_size=world_size,
                   mixed_precision=hasattr(learn, 'bf16_autocast'), channels_last=hasattr(learn, 'channels_last'),
-                  **environment(), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
+                  **environment(dls.device), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
     start, start_epoch = time.time(), len(run_checkpoint.history)
     try:
         bars = contextlib.nullcontext() if progress else learn.no_bar()
