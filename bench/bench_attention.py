@@ -1,55 +1,51 @@
-"""What the attention modules cost: training-step time, inference time and peak memory of ResNet-20 with each
-module, relative to the plain ResNet-20 and to SE-1-20, and the throughput of the fastai training path against a
-plain PyTorch loop.
+"""What the attention modules cost: training-step time, inference time, operator calls and peak memory of ResNet-20
+with each module, relative to the plain ResNet-20 and to SE-1-20, on two paths measured side by side: the fast path
+(bf16 autocast and channels_last wherever the device computes bf16 natively, as `saam_nb.train.create_learner`
+trains) and fp32 NCHW, with the speed-up of one over the other. Then the throughput of the fastai training path
+against a plain PyTorch loop, and a whole CIFAR-shaped ResNet-20 epoch through fastai on the fast path.
 
-Every measurement interleaves the candidates (one step of each model in turn, `--repeats` times) so that a change
-in machine load hits all of them alike, and reports medians. Run `python bench/bench_attention.py --help`.
+Every measurement interleaves the candidates (one step of each model on each path in turn, `--repeats` times) so that
+a change in machine load hits all of them alike, and reports medians. Run `python bench/bench_attention.py --help`.
 """
-import argparse, contextlib, io, json, os, platform, random, statistics, tempfile, time
+import contextlib, io, json, os, platform, random, statistics, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity
 from fastai.callback.core import Callback
-from saam_nb.resnet import create_model, count_parameters, count_flops
+from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
-from saam_nb.train import Recipe, create_learner, split_attention
+from saam_nb.train import Recipe, create_learner, split_attention, bf16_supported, device_name
+from saam_nb.knobs import check_int, check_writable, command
 
 # attention type -> model name; the first is the baseline of the `_vs_resnet` ratios, SE-1 that of `_vs_se`
 MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam': 'cbam-2-20',
           'saam-1': 'saam-1-20', 'saam-2': 'saam-2-20', 'saam-4': 'saam-4-20'}
 BASELINES = {'resnet': 'resnet-20', 'se': 'se-1-20'}
-# the overheads the paper's claim allows: (model, measure, baseline) -> largest ratio
-TARGETS = {('saam-1-20', 'train', 'se'): 1.05, ('saam-4-20', 'train', 'se'): 1.20, ('saam-1-20', 'train', 'resnet'): 1.10}
+# the ratios reported on the fast path, (model, measure, baseline) -> the largest the paper's claim allows (None: no limit)
+RATIOS = {('saam-1-20', 'train', 'se'): 1.05, ('saam-4-20', 'train', 'se'): 1.15, ('saam-1-20', 'train', 'resnet'): 1.10,
+          ('saam-1-20', 'infer', 'se'): None, ('saam-4-20', 'infer', 'se'): None, ('saam-1-20', 'infer', 'resnet'): None}
 FIT_TARGET = 0.95  # fastai's throughput relative to the plain loop, at least
+EPOCH_TARGET = dict(model='resnet-20', loop='fastai', limit_s=60.0)  # seconds of a CIFAR epoch, training and validation, on 2 CPU cores
 CLASSES = 10
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--device', default='cpu', help="'cpu' (default) or 'cuda'")
-    parser.add_argument('--bf16', action='store_true', help='bf16 autocast (GPU only, like saam_nb.train)')
-    parser.add_argument('--channels-last', action='store_true', help='channels_last memory format for models and inputs')
-    parser.add_argument('--bs', type=int, default=128, help='batch size')
-    parser.add_argument('--repeats', type=int, default=41, help='timed steps of every model (interleaved); medians are reported')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed steps of every model first')
-    parser.add_argument('--fit-model', default='saam-1-20', help='model of the fastai vs plain loop comparison')
-    parser.add_argument('--fit-batches', type=int, default=12, help='training batches per epoch in that comparison')
-    parser.add_argument('--fit-repeats', type=int, default=9, help='timed epochs of each path (interleaved, after one warm-up epoch)')
-    parser.add_argument('--threads', type=int, default=None, help="torch's CPU threads (default: torch's choice)")
-    parser.add_argument('--seed', type=int, default=0, help='seed of the weights and the synthetic data')
-    parser.add_argument('--quick', action='store_true', help='a seconds-long smoke run (batch 8, 2 repeats, 2-batch epochs, 1 thread) for tests')
-    parser.add_argument('--out', default=str(Path(__file__).parent/'results'), help='folder for the CSV and JSON results')
-    args = parser.parse_args(argv)
-    # one thread unless asked: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
-    if args.quick: args.bs, args.repeats, args.warmup, args.fit_batches, args.fit_repeats, args.threads = 8, 2, 1, 2, 2, args.threads or 1
-    if args.device not in ('cpu', 'cuda'): parser.error(f"--device: expected 'cpu' or 'cuda', got {args.device!r}")
-    if args.device == 'cuda' and not torch.cuda.is_available(): parser.error('--device cuda: no GPU is visible to torch')
-    if args.bf16 and args.device != 'cuda': parser.error('--bf16: bf16 autocast is for GPU training (saam_nb.train refuses it on the CPU)')
-    for name in ('bs', 'repeats', 'fit_batches', 'fit_repeats'):
-        if getattr(args, name) < 1: parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
-    return args
+def check_device(device:str) -> torch.device:
+    "`device` ('cpu' or 'cuda') as a torch device; a `ValueError` for another name or a GPU that torch cannot see."
+    if device not in ('cpu', 'cuda'): raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == 'cuda' and not torch.cuda.is_available(): raise ValueError('device: cuda asked for, but no GPU is visible to torch')
+    return torch.device(device)
+
+
+def benchmark_paths(device:torch.device, bf16:bool=False, channels_last:bool=False) -> dict:
+    "The two paths: 'fast' as `create_learner` trains on `device` (bf16 autocast and channels_last where it computes bf16 natively), 'fp32' in NCHW."
+    native = bf16_supported(device)
+    if bf16 and not native: raise ValueError(f"bf16: {device} has no native bf16 (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)")
+    return dict(fast=dict(bf16=native, channels_last=native or channels_last), fp32=dict(bf16=False, channels_last=False))
+
+
+def path_label(path:dict) -> str: return f"{'bf16 autocast' if path['bf16'] else 'fp32'}, {'channels_last' if path['channels_last'] else 'NCHW'}"
 
 
 def synchronize(device:torch.device):
@@ -97,16 +93,33 @@ def peak_memory(fn, device:torch.device) -> int:
     return peak
 
 
+def operator_calls(fn) -> int:
+    "How many PyTorch operators `fn()` calls from Python and from autograd, those they call in turn not counted: each pays the dispatcher, and on a GPU most launch a kernel."
+    with profile(activities=[ProfilerActivity.CPU]) as prof: fn()
+    def called_by_operator(event):
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith('aten::'): parent = parent.cpu_parent
+        return parent is not None
+    return sum(1 for e in prof.events() if e.name.startswith('aten::') and not called_by_operator(e))
+
+
 class ModelUnderTest:
-    "A model with its optimizer and one batch, and closures for a training step and an inference pass."
-    def __init__(self, name:str, args, device:torch.device):
-        torch.manual_seed(args.seed)
-        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = create_model(name, CLASSES).to(device, memory_format=self.memory_format)
+    "A model with its optimizer and one batch on one path, and closures for a training step and an inference pass."
+    def __init__(self,
+        name:str, # paper-style model name
+        bs:int, # batch size
+        seed:int, # seed of the weights and the batch
+        device:torch.device, # where to run
+        bf16:bool=False, # bf16 autocast of the forward pass and the loss
+        channels_last:bool=False, # channels_last memory format for the model and the batch
+    ):
+        torch.manual_seed(seed)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = create_model(name, CLASSES).to(device, memory_format=memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-        self.images = torch.randn(args.bs, 3, 32, 32, device=device).contiguous(memory_format=self.memory_format)
-        self.labels = torch.randint(0, CLASSES, (args.bs,), device=device)
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16)
+        self.images = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
+        self.labels = torch.randint(0, CLASSES, (bs,), device=device)
+        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def train_step(self):
         "Forward, backward and SGD step on the batch."
@@ -122,24 +135,47 @@ class ModelUnderTest:
         with torch.inference_mode(), torch.autocast(**self.autocast): self.model(self.images)
 
 
-def module_table(args, device:torch.device) -> tuple:
-    "The per-model table (a DataFrame) and the raw times in seconds."
-    models = {name: ModelUnderTest(name, args, device) for name in MODELS.values()}
-    train = interleaved_times({n: m.train_step for n, m in models.items()}, args.repeats, args.warmup, device, args.seed)
-    infer = interleaved_times({n: m.inference for n, m in models.items()}, args.repeats, args.warmup, device, args.seed)
+def module_table(paths:dict, bs:int, repeats:int, warmup:int, seed:int, device:torch.device) -> tuple:
+    "The per-path, per-model table (a DataFrame indexed by path and attention) and the raw times in seconds, by path and model."
+    models = {(path, name): ModelUnderTest(name, bs, seed, device, **mode) for path, mode in paths.items() for name in MODELS.values()}
+    train = interleaved_times({key: m.train_step for key, m in models.items()}, repeats, warmup, device, seed)
+    infer = interleaved_times({key: m.inference for key, m in models.items()}, repeats, warmup, device, seed)
+    rows = []
+    for path in paths:
+        for attention, name in MODELS.items():
+            model = models[path, name]
+            model.optimizer.zero_grad(set_to_none=True)  # the step then allocates its gradients, as every step does
+            rows.append(dict(path=path, attention=attention, model=name,
+                             params=count_parameters(model.model), MFLOPs=count_flops(create_model(name, CLASSES)) / 1e6,
+                             train_ms=1e3 * statistics.median(train[path, name]), infer_ms=1e3 * statistics.median(infer[path, name]),
+                             peak_MiB=peak_memory(model.train_step, device) / 2**20,
+                             train_ops=operator_calls(model.train_step), infer_ops=operator_calls(model.inference)))
+    table = pd.DataFrame(rows).set_index(['path', 'attention'])
+    for measure, column in (('train', 'train_ms'), ('infer', 'infer_ms'), ('memory', 'peak_MiB'), ('flops', 'MFLOPs'), ('ops', 'train_ops')):
+        for baseline, name in BASELINES.items():
+            baseline_value = table.loc[table.model == name, column].droplevel('attention')  # one per path
+            table[f'{measure}_vs_{baseline}'] = table[column] / baseline_value.loc[table.index.get_level_values('path')].values
+    raw = {measure: {path: {name: times[path, name] for name in MODELS.values()} for path in paths} for measure, times in (('train_s', train), ('infer_s', infer))}
+    return table, raw
+
+
+def paired_interval(times:list, baseline:list, seed:int=0, resamples:int=2000) -> tuple:
+    "Median and bootstrap 95% interval of the per-round ratios `times[i] / baseline[i]` (both timed in round i)."
+    ratios, rng = [t / b for t, b in zip(times, baseline)], random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def speedup_table(table:pd.DataFrame, raw:dict) -> pd.DataFrame:
+    "How many times faster each model trains and infers on the fast path than in fp32 NCHW: ratios of the medians, and the paired ratio of training steps with its interval."
     rows = []
     for attention, name in MODELS.items():
-        model = models[name]
-        model.optimizer.zero_grad(set_to_none=True)  # the step then allocates its gradients, as every step does
-        rows.append(dict(attention=attention, model=name, params=count_parameters(model.model),
-                         MFLOPs=count_flops(create_model(name, CLASSES)) / 1e6,
-                         train_ms=1e3 * statistics.median(train[name]), infer_ms=1e3 * statistics.median(infer[name]),
-                         peak_MiB=peak_memory(model.train_step, device) / 2**20))
-    table = pd.DataFrame(rows).set_index('attention')
-    for measure, column in (('train', 'train_ms'), ('infer', 'infer_ms'), ('memory', 'peak_MiB'), ('flops', 'MFLOPs')):
-        for baseline, name in BASELINES.items():
-            table[f'{measure}_vs_{baseline}'] = table[column] / table.loc[table.model == name, column].item()
-    return table, dict(train_s=train, infer_s=infer)
+        paired, low, high = paired_interval(raw['train_s']['fp32'][name], raw['train_s']['fast'][name])
+        rows.append(dict(model=name, train_fp32_ms=table.loc[('fp32', attention), 'train_ms'], train_fast_ms=table.loc[('fast', attention), 'train_ms'],
+                         train_speedup=table.loc[('fp32', attention), 'train_ms'] / table.loc[('fast', attention), 'train_ms'],
+                         infer_speedup=table.loc[('fp32', attention), 'infer_ms'] / table.loc[('fast', attention), 'infer_ms'],
+                         train_paired=paired, train_paired_ci95_low=low, train_paired_ci95_high=high))
+    return pd.DataFrame(rows).set_index('model')
 
 
 def synthetic_cifar(images:int, seed:int, valid:int|None=None) -> dict:
@@ -211,44 +247,64 @@ class PlainLoop:
         return correct.item() / len(self.data['valid'][1])
 
 
-def fit_comparison(args, device:torch.device) -> tuple:
-    "Images per second of `create_learner(...).fit` and of `PlainLoop` on the same model and data, interleaved by epoch."
-    data, recipe = synthetic_cifar(args.fit_batches * args.bs, args.seed), Recipe(bs=args.bs)
-    torch.manual_seed(args.seed)
-    learn = create_learner(args.fit_model, dataloaders(data, args.bs, device), recipe,
-                           mixed_precision=args.bf16, channels_last=args.channels_last)
+def fit_comparison(model:str, batches:int, repeats:int, path:dict, bs:int, seed:int, device:torch.device) -> tuple:
+    "Images per second of `create_learner(...).fit` and of `PlainLoop` on the same model, data and path, interleaved by epoch."
+    data, recipe = synthetic_cifar(batches * bs, seed), Recipe(bs=bs)
+    torch.manual_seed(seed)
+    learn = create_learner(model, dataloaders(data, bs, device), recipe, mixed_precision=path['bf16'], channels_last=path['channels_last'])
     timer = TrainPhaseTimer()
-    torch.manual_seed(args.seed)
-    plain = PlainLoop(args.fit_model, data, recipe, device, args.bf16, args.channels_last)
+    torch.manual_seed(seed)
+    plain = PlainLoop(model, data, recipe, device, path['bf16'], path['channels_last'])
     plain_seconds = []
     def fastai_epoch():
         with contextlib.redirect_stdout(io.StringIO()): learn.fit(1, cbs=timer)  # fastai's progress bars print
     def plain_epoch(): plain_seconds.append(timed(plain.train_epoch, device))
-    for repeat in range(args.fit_repeats + 1):  # the first epoch of each path warms up and is dropped
+    for repeat in range(repeats + 1):  # the first epoch of each loop warms up and is dropped
         for epoch in (fastai_epoch, plain_epoch) if repeat % 2 else (plain_epoch, fastai_epoch): epoch()  # alternate who goes first
     speeds = dict(fastai=[n / s for n, s in zip(timer.images[1:], timer.seconds[1:])],
                   plain=[len(data['train'][1]) / s for s in plain_seconds[1:]])
-    table = pd.DataFrame([dict(path=path, images_per_s=statistics.median(v)) for path, v in speeds.items()]).set_index('path')
+    table = pd.DataFrame([dict(loop=loop, images_per_s=statistics.median(v)) for loop, v in speeds.items()]).set_index('loop')
     table['vs_plain'] = table.images_per_s / table.loc['plain', 'images_per_s']
     return table, dict(images_per_s=speeds)
 
 
-def paired_interval(times:list, baseline:list, seed:int=0, resamples:int=2000) -> tuple:
-    "Median and bootstrap 95% interval of the per-round ratios `times[i] / baseline[i]` (both timed in round i)."
-    ratios, rng = [t / b for t, b in zip(times, baseline)], random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
+    "The first `batches` full batches of each split and a last one as large as the split's own last batch, so that warm-up meets every batch shape."
+    def head(split, batch_size):
+        images, labels = data[split]
+        count = min(len(labels), batches * batch_size + len(labels) % batch_size)
+        return images[:count], labels[:count]
+    return dict(train=head('train', bs), valid=head('valid', valid_bs), classes=data['classes'])
 
 
-def target_checks(table:pd.DataFrame, fit:pd.DataFrame, module_times:dict, fit_speeds:dict) -> list:
-    "Every target with the measured ratio (of the medians), whether it is met, and the spread of the per-round ratios."
-    checks = []
-    for (model, measure, baseline), limit in TARGETS.items():
-        ratio = table.loc[table.model == model, f'{measure}_vs_{baseline}'].item()
-        times = module_times[f'{measure}_s']
+def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None) -> dict:
+    "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision and layout as `create_learner` takes them."
+    for loaders in (warmup_dls, dls):
+        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last), TrainPhaseTimer()
+        with learn.no_bar(), learn.no_logging(): seconds = timed(lambda: learn.fit(1, cbs=timer), loaders.device)
+    # what is not training is the validation pass and fit's own set-up
+    return dict(epoch_s=seconds, train_s=timer.seconds[0], valid_s=seconds - timer.seconds[0], train_images=timer.images[0])
+
+
+def epoch_check(train:int, valid:int, warmup:int, path:dict, bs:int, seed:int, device:torch.device) -> dict:
+    "One epoch of `EPOCH_TARGET`'s model through fastai on `path`, on `train` and `valid` synthetic images, against its limit."
+    data = synthetic_cifar(train, seed, valid)
+    dls = dataloaders(data, bs, device)
+    warmup_dls = dataloaders(warmup_data(data, warmup, dls.train.bs, dls.valid.bs), bs, device)
+    torch.manual_seed(seed)
+    times = fastai_epoch(create_model(EPOCH_TARGET['model'], CLASSES), dls, warmup_dls, Recipe(bs=bs), path['bf16'], path['channels_last'])
+    return dict(EPOCH_TARGET, **times, valid_images=valid, met=times['epoch_s'] <= EPOCH_TARGET['limit_s'])
+
+
+def ratio_checks(table:pd.DataFrame, raw:dict, fit:pd.DataFrame, fit_speeds:dict) -> list:
+    "Every ratio of `RATIOS` on the fast path and fastai's throughput against the plain loop: the ratio of the medians, its limit and whether it is met, and the spread of the per-round ratios."
+    checks, fast = [], table.loc['fast'].set_index('model')
+    for (model, measure, baseline), limit in RATIOS.items():
+        ratio = float(fast.loc[model, f'{measure}_vs_{baseline}'])
+        times = raw[f'{measure}_s']['fast']
         paired, low, high = paired_interval(times[model], times[BASELINES[baseline]])
-        checks.append(dict(target=f'{model} {measure} / {baseline}', limit=f'<= {limit}', ratio=ratio, met=ratio <= limit,
-                           paired_median=paired, paired_ci95_low=low, paired_ci95_high=high))
+        checks.append(dict(target=f'{model} {measure} / {baseline}', limit='' if limit is None else f'<= {limit}', ratio=ratio,
+                           met=None if limit is None else ratio <= limit, paired_median=paired, paired_ci95_low=low, paired_ci95_high=high))
     ratio, speeds = fit.loc['fastai', 'vs_plain'].item(), fit_speeds['images_per_s']
     paired, low, high = paired_interval(speeds['fastai'], speeds['plain'])
     checks.append(dict(target='fastai / plain loop images/s', limit=f'>= {FIT_TARGET}', ratio=ratio, met=ratio >= FIT_TARGET,
@@ -256,54 +312,83 @@ def target_checks(table:pd.DataFrame, fit:pd.DataFrame, module_times:dict, fit_s
     return checks
 
 
-def cpu_name() -> str:
-    "The CPU model that /proc/cpuinfo names, else what `platform` knows."
-    try: return next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration): return platform.processor() or platform.machine()
-
-
 def environment(device:torch.device) -> dict:
     "The machine, the libraries and the load, for the record."
-    return dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name(),
-                cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
-                load_average=os.getloadavg())
+    return dict(device=device_name(device), cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
+                python=platform.python_version(), load_average=os.getloadavg())
 
 
-def run_name(args) -> str:
-    "The file name of a configuration, so that runs of different configurations never overwrite each other."
-    return '_'.join(['attention', args.device, 'bf16' if args.bf16 else 'fp32', 'nhwc' if args.channels_last else 'nchw',
-                     f'bs{args.bs}'] + (['quick'] if args.quick else []))
+def run_name(device:torch.device, fast:dict, bs:int, quick:bool) -> str:
+    "The file name of a configuration (named by its fast path; fp32 NCHW is always beside it), so that runs of different configurations never overwrite each other."
+    return '_'.join(['attention', device.type, 'bf16' if fast['bf16'] else 'fp32', 'nhwc' if fast['channels_last'] else 'nchw',
+                     f'bs{bs}'] + (['quick'] if quick else []))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.threads: torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == 'cuda': torch.backends.cudnn.benchmark = True
-    start_environment = environment(device)
-    table, module_times = module_table(args, device)
-    fit, fit_speeds = fit_comparison(args, device)
-    checks = target_checks(table, fit, module_times, fit_speeds)
-    record = dict(config=vars(args), environment=start_environment, load_average_after=os.getloadavg(),
-                  models=table.reset_index().to_dict('records'), fit=fit.reset_index().to_dict('records'),
-                  targets=checks, raw=dict(models=module_times, fit=fit_speeds))
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    stem = out/run_name(args)
-    table.to_csv(f'{stem}.csv'); fit.to_csv(f'{stem}_fit.csv')
+@command
+def bench_attention(
+    device:str='cpu', # 'cpu' or 'cuda'
+    bf16:bool=False, # insist on bf16 autocast on the fast path: stop where the device has no native bf16 (without this flag the fast path uses it wherever the device has it)
+    channels_last:bool=False, # channels_last on the fast path even where the device has no native bf16 (without this flag it goes with bf16)
+    bs:int=128, # batch size
+    repeats:int=41, # timed steps of every model on each path (interleaved); medians are reported
+    warmup:int=3, # untimed steps of every model first, and untimed batches before the epoch
+    fit_model:str='saam-1-20', # model of the fastai vs plain loop comparison
+    fit_batches:int=12, # training batches per epoch in that comparison
+    fit_repeats:int=9, # timed epochs of each loop (interleaved, after one warm-up epoch)
+    epoch_train:int=50_000, # synthetic training images of the ResNet-20 epoch through fastai on the fast path; 0 skips that epoch
+    epoch_valid:int=10_000, # synthetic validation images of that epoch
+    threads:int=None, # torch's CPU threads (default: torch's choice)
+    seed:int=0, # seed of the weights and the synthetic data
+    quick:bool=False, # a seconds-long smoke run for tests: batch 8, 2 repeats, 2-batch epochs, a 256 + 128 image epoch, 1 thread
+    out:str=str(Path(__file__).parent/'results'), # folder for the CSV and JSON results
+):
+    "Time ResNet-20 with every attention module on the fast path and in fp32 NCHW, fastai against a plain loop, and a whole CIFAR epoch; print the tables and the targets."
+    # one thread unless asked: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
+    if quick: bs, repeats, warmup, fit_batches, fit_repeats, epoch_train, epoch_valid, threads = 8, 2, 1, 2, 2, 256, 128, threads or 1
+    torch_device = check_device(device)
+    bs, repeats, warmup, fit_batches, fit_repeats = (check_int(name, value, 1) for name, value in
+        (('bs', bs), ('repeats', repeats), ('warmup', warmup), ('fit_batches', fit_batches), ('fit_repeats', fit_repeats)))
+    epoch_train, epoch_valid, seed = check_int('epoch_train', epoch_train, 0), check_int('epoch_valid', epoch_valid, 1), check_int('seed', seed, 0)
+    if threads is not None: torch.set_num_threads(check_int('threads', threads, 1))
+    folder = check_writable('out', out)
+    try: parse_model_name(fit_model)
+    except ValueError as e: raise ValueError(f'fit_model: {e}') from None
+    paths = benchmark_paths(torch_device, bf16, channels_last)
+    if torch_device.type == 'cuda': torch.backends.cudnn.benchmark = True
+    config = dict(device=device, paths=paths, bs=bs, repeats=repeats, warmup=warmup, fit_model=fit_model, fit_batches=fit_batches,
+                  fit_repeats=fit_repeats, epoch_train=epoch_train, epoch_valid=epoch_valid, threads=threads, seed=seed, quick=quick)
+    start_environment = environment(torch_device)
+    table, raw = module_table(paths, bs, repeats, warmup, seed, torch_device)
+    speedup = speedup_table(table, raw)
+    fit, fit_speeds = fit_comparison(fit_model, fit_batches, fit_repeats, paths['fast'], bs, seed, torch_device)
+    checks = ratio_checks(table, raw, fit, fit_speeds)
+    epoch = epoch_check(epoch_train, epoch_valid, warmup, paths['fast'], bs, seed, torch_device) if epoch_train else None
+    record = dict(config=config, environment=start_environment, load_average_after=os.getloadavg(),
+                  models=table.reset_index().to_dict('records'), speedup=speedup.reset_index().to_dict('records'),
+                  fit=fit.reset_index().to_dict('records'), targets=checks, epoch=epoch, raw=dict(models=raw, fit=fit_speeds))
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder/run_name(torch_device, paths['fast'], bs, quick)
+    table.to_csv(f'{stem}.csv'); speedup.to_csv(f'{stem}_speedup.csv'); fit.to_csv(f'{stem}_fit.csv')
     Path(f'{stem}.json').write_text(json.dumps(record, indent=1, default=float))
     env = start_environment
-    print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; batch {args.bs}, {args.repeats} interleaved repeats, "
-          f"{'bf16' if args.bf16 else 'fp32'}, {'channels_last' if args.channels_last else 'NCHW'}; "
+    print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; batch {bs}, {repeats} interleaved repeats; "
           f"load average {env['load_average'][0]:.1f} before, {record['load_average_after'][0]:.1f} after")
-    print(f"peak memory: {'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocation events'}, "
-          f"above what was allocated before the step\n")
+    print(f"paths: fast = {path_label(paths['fast'])}{'' if paths['fast']['bf16'] else ' (no native bf16 on this device)'}; fp32 = {path_label(paths['fp32'])}")
+    print(f"peak memory: {'torch.cuda.max_memory_allocated' if torch_device.type == 'cuda' else 'torch.profiler allocation events'}, "
+          f"above what was allocated before the step; ops: PyTorch operators called per step from Python and autograd\n")
     print(table.round(3).to_string(), '\n')
-    print(f'{args.fit_model}, {args.fit_batches} batches of {args.bs} per epoch, median of {args.fit_repeats} epochs (training phase only):')
+    print('speed-up of the fast path over fp32 NCHW (fp32 time / fast time):')
+    print(speedup.round(3).to_string(), '\n')
+    print(f"{fit_model}, {fit_batches} batches of {bs} per epoch, fast path, median of {fit_repeats} epochs (training phase only):")
     print(fit.round(3).to_string(), '\n')
-    print(pd.DataFrame(checks).set_index('target').round(3).to_string(na_rep=''))
+    print('on the fast path:')
+    print(pd.DataFrame(checks).set_index('target').round(3).fillna('').to_string())
     print('ratio: of the medians; paired: median of the ratios of steps (epochs) timed in the same round, with a bootstrap 95% interval')
-    if args.quick: print('(--quick: batch 8 and 2 repeats check that the script works; its ratios say nothing about the targets)')
-    print(f'\nwrote {stem}.csv, {stem}_fit.csv, {stem}.json')
+    if epoch: print(f"\n{epoch['model']} epoch through {epoch['loop']}, {path_label(paths['fast'])}, {epoch_train} training + {epoch_valid} validation "
+                    f"images: {epoch['epoch_s']:.1f} s ({epoch['train_s']:.1f} s training, {epoch['valid_s']:.1f} s validation); "
+                    f"target on 2 CPU cores <= {epoch['limit_s']:.0f} s: {'met' if epoch['met'] else 'missed'}")
+    if quick: print('(--quick: batch 8, 2 repeats and a 256-image epoch check that the script works; its numbers say nothing about the targets)')
+    print(f'\nwrote {stem}.csv, {stem}_speedup.csv, {stem}_fit.csv, {stem}.json')
 
 
-if __name__ == '__main__': main()
+if __name__ == '__main__': bench_attention.main()

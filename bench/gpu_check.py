@@ -4,18 +4,22 @@
 part-way and started again ends exactly like one that never stopped.
 
 It needs no network and no data files (the images are synthetic, CIFAR-shaped uint8), writes one JSON record to
-`--out` and prints a markdown table. Run `python bench/gpu_check.py --help`.
+`--out` (rewritten after every result, so that a run cut off by a time limit keeps what it measured) and prints a
+markdown table. It trains as the library does: bf16 autocast and channels_last wherever the device computes bf16
+natively (`saam_nb.train.bf16_supported`, CPUs with AVX512-BF16 or AMX too), fp32 NCHW elsewhere; the record says
+which. Run `python bench/gpu_check.py --help`.
 """
 import json, os, platform, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 import fastai
-from fastcore.script import call_parse
 import saam_nb
-from saam_nb.resnet import create_model
+from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, create_learner, ResultsStore, run_key
-from bench_attention import synthetic_cifar, TrainPhaseTimer, PlainLoop, timed, cpu_name
+from saam_nb.train import Recipe, bf16_supported, device_name
+from saam_nb.store import ResultsStore, run_key, atomic_write
+from saam_nb.knobs import check_int, check_ints, check_writable, command
+from bench_attention import synthetic_cifar, PlainLoop, timed, check_device, warmup_data, fastai_epoch
 
 ATTENTIONS = {'none': 'resnet-{depth}', 'se-1': 'se-1-{depth}', 'saam-1': 'saam-1-{depth}'}
 TARGET = dict(model='resnet-20', loop='fastai', limit_s=2.0)  # seconds of a CIFAR epoch, training and validation, on one H100
@@ -24,44 +28,29 @@ RESUME_RUN = dict(model='saam-1-8', dataset='digits', epochs=3, seed=1)
 RESUME_BS = 64
 
 
-def model_names(depths:str) -> list:
-    "The model of every depth in the comma-separated `depths` and every attention of `ATTENTIONS`; a `ValueError` for a bad depth."
-    try: values = [int(d) for d in depths.split(',')]
-    except ValueError: raise ValueError(f"--depths: expected comma-separated integers such as 20,56,110, got {depths!r}") from None
-    names = [pattern.format(depth=depth) for depth in values for pattern in ATTENTIONS.values()]
+def model_names(depths) -> list:
+    "The model of every depth in `depths` (comma-separated) and every attention of `ATTENTIONS`; a `ValueError` naming `depths` for a bad depth."
+    names = [pattern.format(depth=depth) for depth in check_ints('depths', depths, 1) for pattern in ATTENTIONS.values()]
     for name in names:
-        try: create_model(name)
-        except ValueError as e: raise ValueError(f"--depths: {e}") from None
+        try: parse_model_name(name)
+        except ValueError as e: raise ValueError(f"depths: {e}") from None
     return names
 
 
-def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
-    "The first `batches` full batches of each split and a last one as large as the split's own last batch, so that warm-up meets every batch shape."
-    def head(split, batch_size):
-        images, labels = data[split]
-        count = min(len(labels), batches * batch_size + len(labels) % batch_size)
-        return images[:count], labels[:count]
-    return dict(train=head('train', bs), valid=head('valid', valid_bs), classes=data['classes'])
-
-
-def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, bf16:bool) -> dict:
-    "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`."
-    for loaders in (warmup_dls, dls):
-        learn, timer = create_learner(model, loaders, recipe, mixed_precision=bf16, channels_last=True), TrainPhaseTimer()
-        with learn.no_bar(), learn.no_logging(): seconds = timed(lambda: learn.fit(1, cbs=timer), loaders.device)
-    # what is not training is the validation pass and fit's own set-up
-    return dict(epoch_s=seconds, train_s=timer.seconds[0], valid_s=seconds - timer.seconds[0], train_images=timer.images[0])
-
-
-def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, device:torch.device, bf16:bool) -> dict:
-    "Seconds of `PlainLoop`'s training epoch and validation pass, after both ran untimed on `warmup`."
+def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, device:torch.device, fast:bool) -> dict:
+    "Seconds of `PlainLoop`'s training epoch and validation pass (bf16 autocast and channels_last if `fast`), after both ran untimed on `warmup`."
     for part in (warmup, data):
-        loop = PlainLoop(model, part, recipe, device, bf16, channels_last=True)
+        loop = PlainLoop(model, part, recipe, device, bf16=fast, channels_last=fast)
         train_s, valid_s = timed(loop.train_epoch, device), timed(loop.validate, device)
     return dict(epoch_s=train_s + valid_s, train_s=train_s, valid_s=valid_s, train_images=len(data['train'][1]))
 
 
-def epoch_times(names:list, data:dict, recipe:Recipe, device:torch.device, bf16:bool, compile:bool, warmup:int, seed:int) -> list:
+def epoch_times(
+    names:list, data:dict, recipe:Recipe, device:torch.device, # the models, the images, the training and where it runs
+    fast:bool, # bf16 autocast and channels_last
+    compile:bool, warmup:int, seed:int, # torch.compile; untimed batches first; the seed of every model's weights
+    on_row, # called with the rows so far after each one, to save them
+) -> list:
     "One row per model and loop: the seconds of a timed epoch, or the error that stopped it."
     dls = dataloaders(data, recipe.bs, device)
     # the warm-up loaders batch as `dls` does, so that their last batches have the shapes of the real ones
@@ -75,19 +64,21 @@ def epoch_times(names:list, data:dict, recipe:Recipe, device:torch.device, bf16:
             if compile: model = torch.compile(model)
             row = dict(model=name, loop=loop)
             try:
-                times = fastai_epoch(model, dls, warmup_dls, recipe, bf16) if loop == 'fastai' else plain_epoch(model, data, warm, recipe, device, bf16)
+                times = (fastai_epoch(model, dls, warmup_dls, recipe, mixed_precision=fast, channels_last=fast) if loop == 'fastai'
+                         else plain_epoch(model, data, warm, recipe, device, fast))
                 row.update(times, train_images_per_s=times['train_images'] / times['train_s'])
             except Exception as e: row['error'] = f'{type(e).__name__}: {e}'  # recorded, printed and turned into exit status 1
             rows.append(row)
             print(f"  {name:>12} {loop:>6}: " + (f"{row['epoch_s']:.2f} s" if 'epoch_s' in row else row['error']), flush=True)
+            on_row(rows)
             del model
             if device.type == 'cuda': torch.cuda.empty_cache()
     return rows
 
 
-def kill_after_first_checkpoint(command:list, checkpoint:Path, log:Path, timeout:float=600) -> int:
-    "Start `command`, SIGKILL it once `checkpoint` holds a finished epoch; return that epoch."
-    with open(log, 'wb') as output: process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+def kill_after_first_checkpoint(argv:list, checkpoint:Path, log:Path, timeout:float=600) -> int:
+    "Start the process `argv`, SIGKILL it once `checkpoint` holds a finished epoch; return that epoch."
+    with open(log, 'wb') as output: process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         if checkpoint.exists():
@@ -117,15 +108,15 @@ def kill_and_resume(device:torch.device) -> dict:
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as folder:
-            def command(store): return [sys.executable, '-m', 'saam_nb.train', *flags, f'--results={store.root}']
+            def train_command(store): return [sys.executable, '-m', 'saam_nb.train', *flags, f'--results={store.root}']
             def finish(store):
-                run = subprocess.run(command(store), capture_output=True, text=True)
-                if run.returncode != 0: raise RuntimeError(f"{' '.join(command(store))} exited with {run.returncode}: {run.stderr[-2000:]}")
+                run = subprocess.run(train_command(store), capture_output=True, text=True)
+                if run.returncode != 0: raise RuntimeError(f"{' '.join(train_command(store))} exited with {run.returncode}: {run.stderr[-2000:]}")
                 (record,) = store.records()
                 return record
             killed = ResultsStore(Path(folder)/'killed')
             checkpoint = killed.checkpoint_path(run_key(**RESUME_RUN, recipe=Recipe(bs=RESUME_BS)))
-            killed_after_epoch = kill_after_first_checkpoint(command(killed), checkpoint, Path(folder)/'killed.log')
+            killed_after_epoch = kill_after_first_checkpoint(train_command(killed), checkpoint, Path(folder)/'killed.log')
             records_after_kill = len(killed.records())
             resumed, uninterrupted = finish(killed), finish(ResultsStore(Path(folder)/'uninterrupted'))
             result.update(killed_after_epoch=killed_after_epoch, resumed_at_epoch=resumed['resumed_at_epoch'],
@@ -153,13 +144,13 @@ def resume_summary(result:dict) -> str:
                'FAILED: ' + ', '.join(failed) + repeatable.get(result.get('uninterrupted_repeatable'), '')))
 
 
-def environment(device:torch.device, bf16:bool) -> dict:
-    "The machine, the libraries and the precision, for the record."
+def environment(device:torch.device, fast:bool) -> dict:
+    "The machine, the libraries, the precision and the memory format, for the record."
     gpu = device.type == 'cuda'
-    return dict(device=torch.cuda.get_device_name(device) if gpu else cpu_name(), cpus=os.cpu_count(), threads=torch.get_num_threads(),
+    return dict(device=device_name(device), cpus=os.cpu_count(), threads=torch.get_num_threads(),
                 torch=torch.__version__, cuda=torch.version.cuda if gpu else None, cudnn=torch.backends.cudnn.version() if gpu else None,
                 fastai=fastai.__version__, saam_nb=saam_nb.__version__, python=platform.python_version(),
-                precision='bf16 autocast' if bf16 else 'fp32', memory_format='channels_last')
+                precision='bf16 autocast' if fast else 'fp32', memory_format='channels_last' if fast else 'contiguous')
 
 
 def markdown_table(rows:list) -> str:
@@ -181,15 +172,20 @@ def target_check(rows:list) -> dict|None:
     return None if row is None else dict(TARGET, epoch_s=row['epoch_s'], met=row['epoch_s'] <= TARGET['limit_s'])
 
 
-def record_name(device:torch.device, bf16:bool, compile:bool, deterministic:bool, quick:bool) -> str:
+def record_name(device:torch.device, fast:bool, compile:bool, deterministic:bool, quick:bool) -> str:
     "The file name of a configuration, so that runs of different configurations never overwrite each other."
-    parts = ['gpu_check', device.type, 'bf16' if bf16 else 'fp32'] + [flag for flag, on in
+    parts = ['gpu_check', device.type, 'bf16' if fast else 'fp32'] + [flag for flag, on in
              (('compile', compile), ('deterministic', deterministic), ('quick', quick)) if on]
     return '_'.join(parts) + '.json'
 
 
-@call_parse
-def main(
+def write_record(path:Path, record:dict) -> Path:
+    "Write `record` as JSON to `path` atomically, so that a run killed while writing leaves the previous version."
+    return atomic_write(path, lambda file: file.write(json.dumps(record, indent=1).encode()))
+
+
+@command
+def gpu_check(
     out:str=str(Path(__file__).parent/'results'), # folder for the JSON record
     device:str=None, # 'cuda' or 'cpu'; default cuda when a GPU is visible, else cpu
     depths:str='20,56,110', # ResNet depths, comma-separated; each is timed without attention, with SE-1 and with SAAM-1
@@ -206,38 +202,36 @@ def main(
     "Time a CIFAR epoch of ResNet-20/56/110 without attention, with SE-1 and with SAAM-1 through fastai and a plain loop; kill and resume a saam_train run."
     # one thread: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
     if quick: train, valid, bs, depths, warmup = 256, 128, 32, '8', 1; torch.set_num_threads(1)
-    def fail(message): sys.exit(f'gpu_check.py: {message}')
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    if device not in ('cpu', 'cuda'): fail(f"--device: expected 'cpu' or 'cuda', got {device!r}")
-    if device == 'cuda' and not torch.cuda.is_available(): fail('--device cuda: no GPU is visible to torch')
-    for flag, value, low in (('bs', bs, 1), ('train', train, 1), ('valid', valid, 1), ('warmup', warmup, 1)):
-        if value < low: fail(f'--{flag}: expected an integer >= {low}, got {value}')
-    try: names = model_names(depths)
-    except ValueError as e: fail(e)
-    device = torch.device(device)
-    bf16 = device.type == 'cuda'  # bf16 autocast on the GPU, as saam_train trains there
+    device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    bs, train, valid, warmup, seed = (check_int(name, value, low) for name, value, low in
+        (('bs', bs, 1), ('train', train, 1), ('valid', valid, 1), ('warmup', warmup, 1), ('seed', seed, 0)))
+    names, folder = model_names(depths), check_writable('out', out)
+    fast = bf16_supported(device)  # bf16 autocast and channels_last, as the library trains on this device
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
     config = dict(device=device.type, models=names, bs=bs, valid_bs=2 * bs, train=train, valid=valid, warmup_batches=warmup,
                   compile=compile, deterministic=deterministic, seed=seed, quick=quick)
     print(' '.join(f'{k}={v}' for k, v in config.items()), flush=True)
-    start = time.perf_counter()
-    # the short resume check first, so that a run cut off by a time limit has it, and prints each result as it comes
-    resume = None if no_resume else kill_and_resume(device)
-    if resume: print(f"kill and resume ({resume['command']}): {resume_summary(resume)}", flush=True)
-    print('timing one epoch of each model, fastai then plain loop:', flush=True)
-    rows = epoch_times(names, synthetic_cifar(train, seed, valid), Recipe(bs=bs), device, bf16, compile, warmup, seed)
-    record = dict(config=config, environment=environment(device, bf16), epochs=rows, target=target_check(rows), resume=resume,
-                  total_s=time.perf_counter() - start)
-    path = Path(out)/record_name(device, bf16, compile, deterministic, quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
-    env = record['environment']
+    start, path = time.perf_counter(), folder/record_name(device, fast, compile, deterministic, quick)
+    record = dict(config=config, environment=environment(device, fast), epochs=[], target=None, resume=None, complete=False)
+    # the short resume check first, then every result as it comes, printed and written: a run cut off by a time limit keeps them
+    if not no_resume:
+        record['resume'] = resume = kill_and_resume(device)
+        print(f"kill and resume ({resume['command']}): {resume_summary(resume)}", flush=True)
+    def save(rows): write_record(path, dict(record, epochs=rows, target=target_check(rows), total_s=time.perf_counter() - start))
+    save([])
+    print(f"timing one epoch of each model ({record['environment']['precision']}, {record['environment']['memory_format']}), fastai then plain loop:", flush=True)
+    rows = epoch_times(names, synthetic_cifar(train, seed, valid), Recipe(bs=bs), device, fast, compile, warmup, seed, on_row=save)
+    record.update(epochs=rows, target=target_check(rows), complete=True, total_s=time.perf_counter() - start)
+    write_record(path, record)
+    env, resume, target = record['environment'], record['resume'], record['target']
     print(f"\n{env['device']}, torch {env['torch']}, {env['precision']}, {env['memory_format']}{', torch.compile' if compile else ''}; "
           f"{train} training and {valid} validation images, batch {bs}\n\n{markdown_table(rows)}\n")
-    target = record['target']
     if target: print(f"{target['model']} epoch through {target['loop']} (training + validation): {target['epoch_s']:.2f} s; "
                      f"target on one H100 <= {target['limit_s']:.0f} s: {'met' if target['met'] else 'missed'}"
                      + (' (--quick: says nothing about the target)' if quick else ''))
     if resume: print(f"kill and resume ({resume['command']}): {resume_summary(resume)}")
     print(f'total {record["total_s"]:.0f} s; wrote {path}')
     if any('error' in r for r in rows) or (resume and not resume['passed']): sys.exit(1)
+
+
+if __name__ == '__main__': gpu_check.main()
