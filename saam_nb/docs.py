@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['PAGE', 'SITE_CSS', 'front_matter', 'processed_notebook', 'as_nbformat', 'unlink_code_blocks', 'local_doc_links',
            'notebook_markdown', 'render_readme', 'heading_id', 'SiteRenderer', 'pandoc_links_to_html', 'SiteExporter',
-           'apply_cell_options', 'relink', 'link_local_files', 'page_html', 'build_site', 'build_docs']
+           'apply_cell_options', 'relink', 'link_local_files', 'page_html', 'build_site', 'build_docs', 'import_graph',
+           'import_layers', 'plot_import_graph']
 
 # %% ../nbs/10_docs.ipynb #47f57d87
 import html, json, os, re, shutil
@@ -289,3 +290,54 @@ def build_docs(
         nbdev_docs()
         return f'built the site in {dest} with Quarto'
     return f'wrote {len(build_site(dest))} pages to {dest}'
+
+# %% ../nbs/10_docs.ipynb #43db9755
+import ast
+
+def import_graph(
+    package:Path, # the folder of the package, e.g. saam_nb/
+) -> dict: # module -> sorted modules of the package it imports
+    "Which module of a package imports which (from its source, relative and absolute imports, not itself)."
+    modules = {p.stem: p for p in sorted(Path(package).glob('*.py')) if not p.stem.startswith('_')}
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split('.')
+                if node.level == 1: imported.add(parts[0])
+                elif parts[0] == Path(package).name: imported.update(parts[1:2] or [a.name for a in node.names])
+            elif isinstance(node, ast.Import): imported.update(a.name.split('.')[1] for a in node.names if a.name.startswith(f'{Path(package).name}.'))
+        graph[name] = sorted(m for m in imported if m in modules and m != name)
+    return graph
+
+def import_layers(graph:dict) -> list: # from `import_graph`
+    "Modules by layer: layer 0 imports nothing of the package, layer k imports some module of layer k-1; a `ValueError` on a cycle."
+    layer = {}
+    def depth(module, path=()):
+        if module in path: raise ValueError(f"import cycle: {' -> '.join([*path, module])}")
+        if module not in layer: layer[module] = 1 + max((depth(m, (*path, module)) for m in graph[module]), default=-1)
+        return layer[module]
+    for module in graph: depth(module)
+    return [sorted(m for m in graph if layer[m] == k) for k in range(max(layer.values(), default=-1) + 1)]
+
+# %% ../nbs/10_docs.ipynb #470ca075
+def plot_import_graph(
+    graph:dict, # from `import_graph`
+    layers:list, # from `import_layers`
+):
+    "The modules in rows by layer (the foundation at the bottom), an arrow from each module to each module it imports."
+    import matplotlib.pyplot as plt
+    width = max(len(row) for row in layers)
+    fig, ax = plt.subplots(figsize=(2.2 * width, 1.3 * len(layers)))
+    where = {m: ((i + 0.5) * width / len(row), k) for k, row in enumerate(layers) for i, m in enumerate(row)}
+    for module, imported in graph.items():
+        for target in imported:
+            ax.annotate('', xy=where[target], xytext=where[module], arrowprops=dict(arrowstyle='->', color='0.6', shrinkA=12, shrinkB=12))
+    for module, (x, y) in where.items():
+        ax.text(x, y, module, ha='center', va='center', fontsize=9, bbox=dict(boxstyle='round', facecolor='white', edgecolor='0.3'))
+    ax.set(xlim=(0, width), ylim=(-0.6, len(layers) - 0.4), yticks=range(len(layers)), yticklabels=[f'layer {k}' for k in range(len(layers))])
+    ax.tick_params(left=False); ax.set_xticks([])
+    for side in ax.spines.values(): side.set_visible(False)
+    fig.tight_layout()
+    return fig

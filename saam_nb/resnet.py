@@ -105,11 +105,13 @@ MODEL_NAME = re.compile(r'^(?:resnet-(?P<plain>\d+)|(?P<attention>se|cbam|saam)-
 def parse_model_name(
     name:str, # e.g. 'resnet-20', 'se-1-56', 'se-2-20', 'cbam-2-110', 'saam-4-20'
 ) -> dict: # attention, paths and depth
-    "Split a paper-style model name into `attention`, `paths` and `depth`."
+    "Split a paper-style model name into `attention`, `paths` and `depth`; a `ValueError` for a malformed name, a depth not 6n+2, or K < 1."
     match = MODEL_NAME.match(name.lower()) if isinstance(name, str) else None
     if match is None:
         raise ValueError(f"model: expected 'resnet-D' or 'ATTENTION-K-D' with ATTENTION in se, cbam, saam (e.g. 'saam-4-20'), got {name!r}")
+    check_depth(int(match['plain'] or match['depth']))
     if match['plain']: return dict(attention='none', paths=None, depth=int(match['plain']))
+    if int(match['paths']) < 1: raise ValueError(f"model: the number of paths K must be >= 1, got {name!r}")
     return dict(attention=match['attention'], paths=int(match['paths']), depth=int(match['depth']))
 
 def model_name(

@@ -6,10 +6,10 @@
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 'bf16_supported', 'BF16Autocast',
            'create_learner', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint',
            'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'device_name',
-           'environment', 'train_run', 'add_flag', 'train_arguments', 'saam_train_cli']
+           'environment', 'train_run', 'saam_train']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
-import argparse, contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
+import contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
 from dataclasses import dataclass, asdict
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,8 @@ from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 import saam_nb
 from .attention import attention_parameters
-from .resnet import create_model
+from .resnet import create_model, parse_model_name
+from .knobs import check_int, check_folder, check_writable, command
 from .data import check_dataset, dataset_label, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
 
@@ -186,16 +187,11 @@ def check_run_args(
     model:str, dataset:str, epochs:int, seed:int, # what to train
     data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
 ):
-    "Validate a run's arguments before any work; a `ValueError` that names the bad one."
-    create_model(model)  # checks the name, the depth and the paths; a few milliseconds
+    "Validate a run's arguments before any work, each by the check of its kind; a `ValueError` that names the bad one."
+    parse_model_name(model)
     check_dataset(dataset)
-    for name, value, low in (('epochs', epochs, 1), ('seed', seed, 0), ('bs', bs, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if data_dir is not None and not Path(data_dir).is_dir(): raise ValueError(f"data_dir: {data_dir} is not a folder")
-    results = Path(results)
-    existing = next(p for p in [results, *results.parents] if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK): raise ValueError(f"results: {results} cannot be written ({existing} is not a writable folder)")
+    check_int('epochs', epochs, 1); check_int('seed', seed, 0); check_int('bs', bs, 1)
+    check_folder('data_dir', data_dir); check_writable('results', results)
 
 # %% ../nbs/04_train.ipynb #0205242a
 def device_name(device) -> str: # a torch device or its name
@@ -262,41 +258,26 @@ def train_run(
     return record
 
 # %% ../nbs/04_train.ipynb #32b98d2a
-def add_flag(
-    parser:argparse.ArgumentParser, # the command line to extend
-    name:str, # the option's name as a Python identifier, e.g. 'data_dir'
-    **kwargs, # passed to `parser.add_argument`
+@command
+def saam_train(
+    model:str='saam-1-20', # paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D
+    dataset:str='cifar100', # cifar10, cifar100, cifar10-jpeg, digits, or the path of an image folder (.tar/.tar.gz)
+    epochs:int=182, # epochs of the step schedule
+    seed:int=0, # seed of every random number generator
+    data_dir:str=None, # folder that holds cifar-10-batches-py/, cifar-100-python/ or cifar10-jpeg(.tar.gz); default $SAAM_DATA or ~/.cache/saam_nb
+    results:str='results', # folder of the results store
+    bs:int=128, # batch size
+    fp32:bool=False, # train in float32 (default: bf16 autocast where the device has native bf16)
+    download:bool=True, # download CIFAR when its files are missing
+    force:bool=False, # train again even if the run has a finished record
+    cpu:bool=False, # train on the CPU even when a GPU is present
 ):
-    "Add `--name` with dashes (`--data-dir`) and, for names with underscores, also as written (`--data_dir`)."
-    parser.add_argument(f"--{name.replace('_', '-')}", *([f'--{name}'] if '_' in name else []), dest=name, **kwargs)
-
-def train_arguments() -> argparse.ArgumentParser:
-    "The command line of `saam_train` (flags take dashes or underscores: `--data-dir` or `--data_dir`)."
-    parser = argparse.ArgumentParser(prog='saam_train', description="Train one model with the paper's recipe and print a one-line summary.")
-    def flag(name, **kwargs): add_flag(parser, name, **kwargs)
-    flag('model', default='saam-1-20', help='paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D')
-    flag('dataset', default='cifar100', help='cifar10, cifar100, cifar10-jpeg, digits, or the path of an image folder (.tar/.tar.gz)')
-    flag('epochs', type=int, default=182, help='epochs of the step schedule')
-    flag('seed', type=int, default=0, help='seed of every random number generator')
-    flag('data_dir', default=None, help='folder that holds cifar-10-batches-py/, cifar-100-python/ or cifar10-jpeg(.tar.gz)')
-    flag('results', default='results', help='folder of the results store')
-    flag('bs', type=int, default=128, help='batch size')
-    flag('fp32', action='store_true', help='train in float32 (default: bf16 autocast where the device has native bf16)')
-    flag('no_download', action='store_true', help='never download CIFAR; fail when its files are missing')
-    flag('force', action='store_true', help='train again even if the run has a finished record')
-    flag('cpu', action='store_true', help='train on the CPU even when a GPU is present')
-    return parser
-
-def saam_train_cli(argv:list|None=None): # command-line arguments; None: sys.argv
-    "Entry point of `saam_train`: validate every flag, train (or skip a finished run), print a summary line."
-    args = train_arguments().parse_args(argv)
-    try:
-        check_run_args(args.model, args.dataset, args.epochs, args.seed, args.data_dir, args.results, args.bs)
-        record = train_run(args.model, args.dataset, args.epochs, args.seed, args.results, args.data_dir,
-                           Recipe(bs=args.bs), args.force, not args.no_download, 'cpu' if args.cpu else None,
-                           mixed_precision=False if args.fp32 else None)
-    except (ValueError, RuntimeError) as e: sys.exit(f"saam_train: {e}")
+    "Train one model with the paper's recipe (or skip a finished run) and print a one-line summary."
+    record = train_run(model=model, dataset=dataset, epochs=epochs, seed=seed, results=results, data_dir=data_dir, recipe=Recipe(bs=bs),
+                       force=force, download=download, device='cpu' if cpu else None, mixed_precision=False if fp32 else None)
     if rank_distrib() == 0: print(f"{record['key']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
-          f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(args.results).path(record['key'])}")
+          f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(results).path(record['key'])}")
 
-if __name__ == '__main__': saam_train_cli()  # `python -m saam_nb.train`: the command without its console script
+# %% ../nbs/04_train.ipynb #e0cadaef
+#| eval: false
+if __name__ == '__main__': saam_train.main()  # `python -m saam_nb.train` runs the command (in a notebook, __name__ is '__main__' too: not run here)
