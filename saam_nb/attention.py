@@ -9,7 +9,7 @@ __all__ = ['ATTENTION_TYPES', 'AttentionModule', 'ExcitationMLP', 'gate_channels
 # %% ../nbs/01_attention.ipynb #4734263e
 import torch
 import torch.nn as nn
-from .aggregation import check_feature_map, score_descriptors, ScoreMap
+from .aggregation import check_feature_map, check_kernel_size, score_descriptors, ScoreMap
 
 # %% ../nbs/01_attention.ipynb #f7f66db7
 class AttentionModule(nn.Module):
@@ -80,8 +80,7 @@ class SpatialGate(nn.Module):
         kernel_size:int=7, # side of the square conv; odd
     ):
         super().__init__()
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"spatial_kernel_size: expected an odd integer >= 1, got {kernel_size!r}")
+        check_kernel_size('spatial_kernel_size', kernel_size)
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = nn.BatchNorm2d(1)
 
