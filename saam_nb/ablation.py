@@ -7,7 +7,6 @@ __all__ = ['check_experiment', 'run_grid', 'summarize', 'plot_paths_ablation']
 
 # %% ../nbs/05_ablation.ipynb #b19787a9
 import math
-from pathlib import Path
 import pandas as pd
 import matplotlib.pyplot as plt
 from fastprogress.fastprogress import progress_bar

@@ -9,7 +9,7 @@ __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 
            'environment', 'train_run', 'saam_train']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
-import contextlib, hashlib, json, math, os, platform, random, sys, tempfile, time
+import contextlib, hashlib, json, math, os, platform, random, time
 from dataclasses import dataclass, asdict
 from functools import partial
 from pathlib import Path
