@@ -28,7 +28,7 @@ def accuracy_table(
         for depth in depths:
             name = model_name(attention, depth, paths)
             run, paper = ours.get((dataset, name)), PAPER_TOP1.get((paper_dataset or dataset, name))
-            row[f'ResNet-{depth}'] = 'missing' if run is None else f"{run.mean:.2f} ± {0 if run.runs < 2 else run.std:.2f} ({run.runs})"
+            row[f'ResNet-{depth}'] = 'missing' if run is None else f"{run.mean:.2f} ± {run.std:.2f} ({run.runs})" if run.runs > 1 else f"{run.mean:.2f} (1)"
             row[f'paper {depth}'] = '' if paper is None else f'{paper:.2f}'
             row[f'diff {depth}'] = '' if run is None or paper is None else f'{run.mean - paper:+.2f}'
         rows.append(row)

@@ -371,7 +371,7 @@ def dataloaders(
     device = default_device() if device is None else torch.device(device)
     normalize = Normalize.from_stats(*channel_stats(data['train'][0]), cuda=False)
     train_tfms = ([RandomPadCropFlip()] if augment else []) + [IntToFloatTensor(), normalize]
-    on_device = {split: (images.to(device), labels.to(device)) for split, (images, labels) in ((s, data[s]) for s in ('train', 'valid'))}  # one copy to the GPU, not one per batch
+    on_device = {split: [t.to(device) for t in data[split]] for split in ('train', 'valid')}  # one copy to the GPU, not one per batch
     train = ImageTensorLoader(ImageTensors(*on_device['train']), bs=bs, shuffle=True, after_batch=Pipeline(train_tfms), device=device)
     valid = ImageTensorLoader(ImageTensors(*on_device['valid']), bs=2 * bs, after_batch=Pipeline([IntToFloatTensor(), normalize]), device=device)
     dls = DataLoaders(train, valid, device=device)
