@@ -333,7 +333,7 @@ def plot_import_graph(
     where = {m: ((i + 0.5) * width / len(row), k) for k, row in enumerate(layers) for i, m in enumerate(row)}
     for module, imported in graph.items():
         for target in imported:
-            ax.annotate('', xy=where[target], xytext=where[module], arrowprops=dict(arrowstyle='->', color='0.6', shrinkA=12, shrinkB=12))
+            ax.annotate('', xy=where[target], xytext=where[module], arrowprops=dict(arrowstyle='->', color='0.6', shrinkA=12, shrinkB=12, connectionstyle='arc3,rad=0.12'))
     for module, (x, y) in where.items():
         ax.text(x, y, module, ha='center', va='center', fontsize=9, bbox=dict(boxstyle='round', facecolor='white', edgecolor='0.3'))
     ax.set(xlim=(0, width), ylim=(-0.6, len(layers) - 0.4), yticks=range(len(layers)), yticklabels=[f'layer {k}' for k in range(len(layers))])
