@@ -9,14 +9,14 @@ markdown table. It trains as the library does: bf16 autocast and channels_last w
 natively (`saam_nb.train.bf16_supported`, CPUs with AVX512-BF16 or AMX too), fp32 NCHW elsewhere; the record says
 which. Run `python bench/gpu_check.py --help`.
 """
-import json, os, platform, signal, subprocess, sys, tempfile, time
+import json, os, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 import fastai
 import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, bf16_supported, device_name
+from saam_nb.train import Recipe, bf16_supported, device_name, history_without_timings, kill_at_first_checkpoint
 from saam_nb.store import ResultsStore, run_key, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_writable, command
 from bench_attention import synthetic_cifar, PlainLoop, timed, check_device, warmup_data, fastai_epoch
@@ -76,27 +76,11 @@ def epoch_times(
     return rows
 
 
-def kill_after_first_checkpoint(argv:list, checkpoint:Path, log:Path, timeout:float=600) -> int:
-    "Start the process `argv`, SIGKILL it once `checkpoint` holds a finished epoch; return that epoch."
-    with open(log, 'wb') as output: process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if checkpoint.exists():
-            process.send_signal(signal.SIGKILL); process.wait()
-            return torch.load(checkpoint, map_location='cpu', weights_only=False)['epoch']
-        time.sleep(0.05)
-    if process.poll() is None: process.kill(); process.wait()
-    raise RuntimeError(f"no checkpoint appeared (exit status {process.returncode}): {log.read_text()[-2000:]}")
-
-
-def without_timings(history:list) -> list: return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
-
-
 def compare_runs(killed_after_epoch:int, records_after_kill:int, resumed:dict, uninterrupted:dict, epochs:int) -> dict:
     "Each condition for a killed and resumed run to have ended exactly as an uninterrupted one, and `passed` when all hold."
     checks = dict(no_record_after_kill=records_after_kill == 0, killed_before_last_epoch=killed_after_epoch < epochs - 1,
                   resumed_after_killed_epoch=resumed['resumed_at_epoch'] == killed_after_epoch + 1,
-                  same_history=without_timings(resumed['history']) == without_timings(uninterrupted['history']),
+                  same_history=history_without_timings(resumed['history']) == history_without_timings(uninterrupted['history']),
                   same_top1=resumed['top1'] == uninterrupted['top1'])
     return dict(checks, passed=all(checks.values()))
 
@@ -116,7 +100,7 @@ def kill_and_resume(device:torch.device) -> dict:
                 return record
             killed = ResultsStore(Path(folder)/'killed')
             checkpoint = killed.checkpoint_path(run_key(**RESUME_RUN, recipe=Recipe(bs=RESUME_BS)))
-            killed_after_epoch = kill_after_first_checkpoint(train_command(killed), checkpoint, Path(folder)/'killed.log')
+            killed_after_epoch = kill_at_first_checkpoint(train_command(killed), checkpoint, Path(folder)/'killed.log')
             records_after_kill = len(killed.records())
             resumed, uninterrupted = finish(killed), finish(ResultsStore(Path(folder)/'uninterrupted'))
             result.update(killed_after_epoch=killed_after_epoch, resumed_at_epoch=resumed['resumed_at_epoch'],
@@ -126,7 +110,7 @@ def kill_and_resume(device:torch.device) -> dict:
             if not (result['same_history'] and result['same_top1']):
                 # tells a resume that loses state from training that is not repeatable even without a kill
                 again = finish(ResultsStore(Path(folder)/'uninterrupted_again'))
-                result['uninterrupted_repeatable'] = without_timings(again['history']) == without_timings(uninterrupted['history'])
+                result['uninterrupted_repeatable'] = history_without_timings(again['history']) == history_without_timings(uninterrupted['history'])
     except Exception as e: result['error'] = f'{type(e).__name__}: {e}'
     result['seconds'] = time.perf_counter() - start
     return result

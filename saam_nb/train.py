@@ -6,10 +6,10 @@
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'paper_optimizer', 'bf16_supported', 'BF16Autocast',
            'create_learner', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint',
            'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'device_name',
-           'environment', 'train_run', 'saam_train']
+           'environment', 'train_run', 'saam_train', 'kill_at_first_checkpoint', 'history_without_timings']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
-import contextlib, hashlib, json, math, os, platform, random, time
+import contextlib, hashlib, json, math, os, platform, random, signal, subprocess, time
 from dataclasses import dataclass, asdict
 from functools import partial
 from pathlib import Path
@@ -281,3 +281,25 @@ def saam_train(
 # %% ../nbs/04_train.ipynb #e0cadaef
 #| eval: false
 if __name__ == '__main__': saam_train.main()  # `python -m saam_nb.train` runs the command (in a notebook, __name__ is '__main__' too: not run here)
+
+# %% ../nbs/04_train.ipynb #7e01739a
+def kill_at_first_checkpoint(
+    argv:list, # the command of a training process, e.g. `python -m saam_nb.train ...`
+    checkpoint:Path, # the checkpoint that run writes (`ResultsStore.checkpoint_path`)
+    log:Path|None=None, # file for the process's output; None: discarded
+    timeout:float=600, # seconds to wait for the checkpoint
+) -> int: # the epoch the checkpoint held
+    "Start `argv` and SIGKILL it as soon as `checkpoint` holds a finished epoch, as a crash would; a `RuntimeError` if none appears."
+    with open(log or os.devnull, 'wb') as output: process = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.exists():
+            process.send_signal(signal.SIGKILL); process.wait()
+            return torch.load(checkpoint, map_location='cpu', weights_only=False)['epoch']
+        time.sleep(0.05)
+    if process.poll() is None: process.kill(); process.wait()
+    raise RuntimeError(f"no checkpoint appeared (exit status {process.returncode})" + (f": {Path(log).read_text()[-2000:]}" if log else ''))
+
+def history_without_timings(history:list) -> list: # a record's `history`
+    "A run's history without each epoch's `seconds`: what a resumed run and an uninterrupted one must share exactly."
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
