@@ -16,7 +16,7 @@ from torch.profiler import profile, ProfilerActivity
 from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
-from saam_nb.train import Recipe, create_learner, split_attention, bf16_supported, device_name
+from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, bf16_supported, device_name
 from saam_nb.knobs import check_int, check_writable, command
 
 # attention type -> model name; the first is the baseline of the `_vs_resnet` ratios, SE-1 that of `_vs_se`
@@ -116,7 +116,7 @@ class ModelUnderTest:
         torch.manual_seed(seed)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = create_model(name, CLASSES).to(device, memory_format=memory_format)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+        self.optimizer = paper_optimizer(split_attention(self.model), lr=0.01)  # the optimizer training uses
         self.images = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.labels = torch.randint(0, CLASSES, (bs,), device=device)
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -124,7 +124,7 @@ class ModelUnderTest:
     def train_step(self):
         "Forward, backward and SGD step on the batch."
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         with torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
@@ -144,7 +144,7 @@ def module_table(paths:dict, bs:int, repeats:int, warmup:int, seed:int, device:t
     for path in paths:
         for attention, name in MODELS.items():
             model = models[path, name]
-            model.optimizer.zero_grad(set_to_none=True)  # the step then allocates its gradients, as every step does
+            model.optimizer.zero_grad()  # the step then allocates its gradients, as every step does
             rows.append(dict(path=path, attention=attention, model=name,
                              params=count_parameters(model.model), MFLOPs=count_flops(create_model(name, CLASSES)) / 1e6,
                              train_ms=1e3 * statistics.median(train[path, name]), infer_ms=1e3 * statistics.median(infer[path, name]),
@@ -213,7 +213,7 @@ class PlainLoop:
         self.model = model.to(device, memory_format=self.memory_format)
         base, attention = split_attention(self.model)
         self.optimizer = torch.optim.SGD([dict(params=base, weight_decay=recipe.weight_decay), dict(params=attention, weight_decay=0.0)],
-                                         lr=recipe.lr, momentum=recipe.momentum)
+                                         lr=recipe.lr, momentum=recipe.momentum, foreach=True)  # multi-tensor, as ForeachSGD
         mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in channel_stats(data['train'][0]))
         self.data, self.mean, self.std, self.bs, self.device = data, mean, std, recipe.bs, device
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
