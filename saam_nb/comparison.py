@@ -77,7 +77,7 @@ def plot_paired_differences(
     title:str='', # figure title
 ):
     "A forest plot of paired differences: seeds as dots, mean and 95% interval as a bar, the paper's difference as a square, 0 as a line."
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(differences) + 1.4))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(differences) + 1.9))
     for row, (d, paper) in enumerate(zip(differences, paper_differences)):
         y = len(differences) - 1 - row
         ax.plot(d['differences'], [y] * d['n'], '.', color='0.6', zorder=1)
@@ -87,10 +87,11 @@ def plot_paired_differences(
         if paper is not None: ax.plot(paper, y, 's', fillstyle='none', color='C3', zorder=3)
     ax.axvline(0, color='k', linewidth=0.8)
     ax.set_yticks(range(len(differences)), [f"{d['model']} − {d['baseline']} (n={d['n']})" for d in reversed(differences)])
-    ax.set(xlabel='difference in top-1 (points)', title=title)
+    ax.set(xlabel='difference in top-1 (points)')
+    ax.set_title(title, fontsize=10)
     ax.plot([], [], '.', color='0.6', label='one seed'); ax.plot([], [], 'o', color='C0', label='mean, 95% interval')
     ax.plot([], [], 's', fillstyle='none', color='C3', label='paper (CIFAR-10, 182 epochs)')
-    ax.legend(fontsize=8, loc='best')
+    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.16), ncol=3)
     fig.tight_layout()
     return fig
 
@@ -101,16 +102,20 @@ def plot_validation_curves(
     epochs:int, # keep runs of this many epochs
     models:list, # the models to draw, in legend order
     title:str='', # figure title
+    zoom_last:int=0, # also draw the last this many epochs in a second panel, on their own scale (0: no second panel)
 ):
     "Validation top-1 (%) per epoch, the mean over each model's finished seeds (seed count in the legend), one line per model."
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 2 if zoom_last else 1, figsize=(11 if zoom_last else 7, 4.2), squeeze=False)
+    ax = axes[0, 0]
     for model in models:
         runs = [r['history'] for r in records if r['status'] == 'finished' and r['model'] == model and r['dataset'] == dataset and r['epochs'] == epochs]
         if not runs: continue
         curve = [100 * sum(h[e]['accuracy'] for h in runs) / len(runs) for e in range(epochs)]
-        ax.plot(range(1, epochs + 1), curve, label=f"{model} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-    ax.set(xlabel='epoch', ylabel='validation top-1 (%)', title=title)
+        line, = ax.plot(range(1, epochs + 1), curve, label=f"{model} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        if zoom_last: axes[0, 1].plot(range(epochs - zoom_last + 1, epochs + 1), curve[-zoom_last:], color=line.get_color())
+    ax.set(xlabel='epoch', ylabel='validation top-1 (%)')
+    if zoom_last: axes[0, 1].set(xlabel='epoch', title=f'the last {zoom_last} epochs')
     if ax.lines: ax.legend(fontsize=8)
     else: ax.text(0.5, 0.5, 'no finished runs yet', ha='center', transform=ax.transAxes)
-    fig.tight_layout()
+    fig.suptitle(title); fig.tight_layout()
     return fig
