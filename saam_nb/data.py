@@ -150,7 +150,7 @@ def load_digits(
     return dict(train=(images[train], labels[train]), valid=(images[valid], labels[valid]), classes=10)
 
 # %% ../nbs/03_data.ipynb #e963c42f
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp')  # torchvision's ImageFolder reads these too
 IMAGE_FOLDER_SPLITS = {'train': 'train', 'test': 'valid'}  # folder of an image-folder dataset -> split of the loaders
 
 def read_image_tree(
@@ -173,7 +173,8 @@ def read_image_tree(
         top = f'{tops.pop()}/'
         folders = {f.removeprefix(top) for f in folders if f.startswith(top)}
         files = {name.removeprefix(top): data for name, data in files.items()}
-    return folders | {name.rsplit('/', 1)[0] for name in files if '/' in name}, files  # archives may list no folders
+    # archives may list no folder entries at all: every folder above a file is a folder
+    return folders | {name.rsplit('/', depth)[0] for name in files for depth in range(1, name.count('/') + 1)}, files
 
 def image_folder_layout(
     folders:set, # from `read_image_tree`
@@ -265,7 +266,7 @@ def load_image_folder(
                     classes=len(arrays['class_names']), class_names=arrays['class_names'].tolist())
 
 # %% ../nbs/03_data.ipynb #61c048c3
-IMAGE_FOLDER_DATASETS = ('cifar10-jpeg',)  # image folders found by name under the data folder, like CIFAR
+IMAGE_FOLDER_DATASETS = ('cifar10-jpeg', 'cifar100-rebuilt')  # image folders found by name under the data folder, like CIFAR
 DATASETS = (*CIFAR_DATASETS, *IMAGE_FOLDER_DATASETS, 'digits')
 
 def find_image_folder(
