@@ -5,14 +5,16 @@ trains) and fp32 NCHW, with the speed-up of one over the other. Then the through
 against a plain PyTorch loop, and a whole CIFAR-shaped ResNet-20 epoch through fastai on the fast path.
 
 Every measurement interleaves the candidates (one step of each model on each path in turn, `--repeats` times) so that
-a change in machine load hits all of them alike, and reports medians. Run `python bench/bench_attention.py --help`.
+a change in machine load hits all of them alike, and reports medians. `--profile` instead profiles one training step
+of each model on the fast path, operator by operator (`torch.profiler`), and reports which operators make each
+attention module's time over ResNet-20's. Run `python bench/bench_attention.py --help`.
 """
 import contextlib, io, json, os, platform, random, statistics, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.profiler import profile, ProfilerActivity
+from torch.profiler import profile, ProfilerActivity, record_function
 from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
@@ -29,6 +31,12 @@ RATIOS = {('saam-1-20', 'train', 'se'): 1.05, ('saam-4-20', 'train', 'se'): 1.15
 FIT_TARGET = 0.95  # fastai's throughput relative to the plain loop, at least
 EPOCH_TARGET = dict(model='resnet-20', loop='fastai', limit_s=60.0)  # seconds of a CIFAR epoch, training and validation, on 2 CPU cores
 CLASSES = 10
+# the models `--profile` profiles; the first is the baseline whose operator times the others' are compared with
+PROFILE_MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam': 'cbam-2-20', 'saam-1': 'saam-1-20', 'saam-4': 'saam-4-20'}
+# what `--profile-path` may name: the fast path as `benchmark_paths` picks it, fp32 NCHW, or bf16 autocast and
+# channels_last even where the device has no native bf16 (emulated, slow, with other operator shares: to see what a device with it would run)
+PROFILE_PATHS = {'fast': None, 'fp32': dict(bf16=False, channels_last=False), 'bf16': dict(bf16=True, channels_last=True)}
+PHASES = ('forward', 'backward', 'optimizer')  # the `record_function` ranges of `ModelUnderTest.train_step`, each named 'step:<phase>'
 
 
 def check_device(device:str) -> torch.device:
@@ -125,9 +133,10 @@ class ModelUnderTest:
         "Forward, backward and SGD step on the batch."
         self.model.train()
         self.optimizer.zero_grad()
-        with torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(self.images), self.labels)
-        loss.backward()
-        self.optimizer.step()
+        # the ranges cost a few µs when no profiler runs; under `profile_step` they tell the phases apart
+        with record_function('step:forward'), torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(self.images), self.labels)
+        with record_function('step:backward'): loss.backward()
+        with record_function('step:optimizer'): self.optimizer.step()
 
     def inference(self):
         "A forward pass in eval mode without autograd."
@@ -159,6 +168,104 @@ def module_table(paths:dict, bs:int, repeats:int, warmup:int, seed:int, device:t
     return table, raw
 
 
+ENGINE_PREFIX = 'autograd::engine::evaluate_function: '
+
+def operator_key(event) -> tuple|None:
+    """(phase, caller, operator) of a profiler event inside a `train_step`, None outside one. The caller is the
+    operator called from Python that called it (forward, optimizer) or the autograd node whose backward it computes."""
+    names, parent = [], event
+    while parent is not None: names.append(parent.name); parent = parent.cpu_parent
+    phase = next((n for n in names if n.startswith('step:')), None)
+    if phase is None or phase == event.name: return None
+    phase, inside = phase[len('step:'):], names[:names.index(phase)]  # from the event up to its phase's range
+    node = next((n[len(ENGINE_PREFIX):] for n in inside if n.startswith(ENGINE_PREFIX)), None)
+    caller = node if node is not None else inside[-1]  # the autograd node, or the outermost operator
+    return phase, caller, 'autograd engine' if event.name.startswith(ENGINE_PREFIX) else event.name
+
+
+def profile_step(fn) -> dict:
+    "Self CPU µs of every (phase, caller, operator) of one call of `fn`, a `ModelUnderTest.train_step`, summed over the calls of each."
+    with profile(activities=[ProfilerActivity.CPU]) as prof: fn()
+    times = {}
+    for event in prof.events():
+        key = operator_key(event)
+        if key is not None: times[key] = times.get(key, 0.0) + event.self_cpu_time_total
+    return times
+
+
+def operator_profiles(names:list, bs:int, repeats:int, warmup:int, seed:int, device:torch.device, path:dict) -> dict:
+    "Per model, the median over `repeats` interleaved profiled steps of each (phase, caller, operator)'s self CPU µs (0 in a step that lacks it)."
+    models = {name: ModelUnderTest(name, bs, seed, device, **path) for name in names}
+    steps = {name: [] for name in names}
+    for _ in range(warmup):
+        for model in models.values(): model.train_step()
+    order, rng = list(names), random.Random(seed)
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order: steps[name].append(profile_step(models[name].train_step))
+    profiles = {}
+    for name, samples in steps.items():
+        keys = sorted(set().union(*samples))
+        profiles[name] = {key: statistics.median(sample.get(key, 0.0) for sample in samples) for key in keys}
+    return profiles
+
+
+def extra_operators(profiles:dict, baseline:str) -> dict:
+    """Per model other than `baseline`: its step's total self CPU ms, by phase too, against the baseline's, and every
+    (phase, caller, operator) with its µs, the baseline's, the difference and its share of the model's extra time, largest first."""
+    base, result = profiles[baseline], {}
+    for name, times in profiles.items():
+        if name == baseline: continue
+        extra = sum(times.values()) - sum(base.values())
+        rows = [dict(phase=phase, caller=caller, operator=operator, model_us=times.get(key, 0.0), baseline_us=base.get(key, 0.0),
+                     extra_us=times.get(key, 0.0) - base.get(key, 0.0)) for key in sorted(set(times) | set(base)) for phase, caller, operator in [key]]
+        for row in rows: row['share'] = row['extra_us'] / extra if extra else float('nan')
+        phases = {phase: dict(model_ms=sum(t for k, t in times.items() if k[0] == phase) / 1e3,
+                              baseline_ms=sum(t for k, t in base.items() if k[0] == phase) / 1e3) for phase in PHASES}
+        result[name] = dict(model_ms=sum(times.values()) / 1e3, baseline_ms=sum(base.values()) / 1e3, extra_ms=extra / 1e3, phases=phases,
+                            operators=sorted(rows, key=lambda r: -r['extra_us']))
+    return result
+
+
+def profile_markdown(extras:dict, baseline:str, top:int) -> str:
+    "A summary table of every model's extra time by phase, and the `top` operators of each model's extra time, as markdown."
+    lines = [f'| model | step ms | {baseline} ms | extra ms | extra forward ms | extra backward ms | extra optimizer ms |', '|' + ' --- |' * 7]
+    for name, extra in extras.items():
+        by_phase = ' | '.join(f"{p['model_ms'] - p['baseline_ms']:.2f}" for p in extra['phases'].values())
+        lines.append(f"| {name} | {extra['model_ms']:.2f} | {extra['baseline_ms']:.2f} | {extra['extra_ms']:.2f} | {by_phase} |")
+    for name, extra in extras.items():
+        lines += ['', f"{name}: the {top} operators that add most to {baseline}'s step ({extra['extra_ms']:.2f} ms extra in all)", '',
+                  '| phase | caller | operator | µs | ' + baseline + ' µs | extra µs | share of extra |', '|' + ' --- |' * 7]
+        lines += [f"| {r['phase']} | {r['caller']} | {r['operator']} | {r['model_us']:.0f} | {r['baseline_us']:.0f} | {r['extra_us']:.0f} | {r['share']:.1%} |"
+                  for r in extra['operators'][:top]]
+    return '\n'.join(lines)
+
+
+def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmup:int, seed:int, top:int, folder:Path, quick:bool) -> dict:
+    "Profile `PROFILE_MODELS` on `path`, write the JSON and the markdown tables to `folder`, print the tables; the record."
+    names, baseline = list(PROFILE_MODELS.values()), PROFILE_MODELS['none']
+    start_environment = environment(device)
+    profiles = operator_profiles(names, bs, repeats, warmup, seed, device, path)
+    extras = extra_operators(profiles, baseline)
+    record = dict(config=dict(device=device.type, path=path, native_bf16=bf16_supported(device), bs=bs, repeats=repeats, warmup=warmup, seed=seed, quick=quick, baseline=baseline),
+                  environment=start_environment, load_average_after=os.getloadavg(), extras=extras,
+                  profiles={name: [dict(phase=k[0], caller=k[1], operator=k[2], us=t) for k, t in times.items()] for name, times in profiles.items()})
+    stem = folder/f"profile_{run_name(device, path, bs, quick)[len('attention_'):]}"
+    table = profile_markdown(extras, baseline, top)
+    folder.mkdir(parents=True, exist_ok=True)
+    Path(f'{stem}.json').write_text(json.dumps(record, indent=1))
+    Path(f'{stem}.md').write_text(table + '\n')
+    env = start_environment
+    emulated = ' (emulated: no native bf16 on this device)' if path['bf16'] and not record['config']['native_bf16'] else ''
+    print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; {path_label(path)}{emulated}, batch {bs}, "
+          f"median of {repeats} interleaved profiled training steps; load average {env['load_average'][0]:.1f} before, {record['load_average_after'][0]:.1f} after")
+    print('self CPU time under torch.profiler, which adds a few µs to every operator; caller: the operator called from Python (forward, optimizer) '
+          'or the autograd node (backward)\n')
+    print(table)
+    print(f'\nwrote {stem}.json, {stem}.md')
+    return record
+
+
 def paired_interval(times:list, baseline:list, seed:int=0, resamples:int=2000) -> tuple:
     "Median and bootstrap 95% interval of the per-round ratios `times[i] / baseline[i]` (both timed in round i)."
     ratios, rng = [t / b for t, b in zip(times, baseline)], random.Random(seed)
@@ -187,15 +294,18 @@ def synthetic_cifar(images:int, seed:int, valid:int|None=None) -> dict:
 
 
 class TrainPhaseTimer(Callback):
-    "Wall-clock seconds and images of the training phase of every epoch (validation excluded)."
+    "Wall-clock seconds, images and batches of the training phase of every epoch (validation excluded), and when it began and ended (`time.time()`)."
     order = -20  # before every other callback, so the times include theirs
-    def __init__(self): self.seconds, self.images = [], []
-    def before_train(self): synchronize(self.dls.device); self.start, self.count = time.perf_counter(), 0
+    def __init__(self): self.seconds, self.images, self.batches, self.spans = [], [], [], []
+    def before_train(self):
+        synchronize(self.dls.device)
+        self.start, self.start_time, self.count, self.steps = time.perf_counter(), time.time(), 0, 0
     def after_batch(self):
-        if self.training: self.count += len(self.yb[0])
+        if self.training: self.count += len(self.yb[0]); self.steps += 1
     def after_train(self):
         synchronize(self.dls.device)
-        self.seconds.append(time.perf_counter() - self.start); self.images.append(self.count)
+        self.seconds.append(time.perf_counter() - self.start); self.images.append(self.count); self.batches.append(self.steps)
+        self.spans.append((self.start_time, time.time()))  # comparable across processes, unlike perf_counter
 
 
 class PlainLoop:
@@ -277,10 +387,13 @@ def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
     return dict(train=head('train', bs), valid=head('valid', valid_bs), classes=data['classes'])
 
 
-def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None) -> dict:
-    "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision and layout as `create_learner` takes them."
+def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None,
+                 compile:bool=False) -> dict:
+    "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision, layout and compilation as `create_learner` takes them."
+    # only a compiled epoch names the option, so that eager epochs run with a `create_learner` that has none
+    options = dict(compile=True) if compile else {}
     for loaders in (warmup_dls, dls):
-        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last), TrainPhaseTimer()
+        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last, **options), TrainPhaseTimer()
         with learn.no_bar(), learn.no_logging(): seconds = timed(lambda: learn.fit(1, cbs=timer), loaders.device)
     # what is not training is the validation pass and fit's own set-up
     return dict(epoch_s=seconds, train_s=timer.seconds[0], valid_s=seconds - timer.seconds[0], train_images=timer.images[0])
@@ -340,9 +453,12 @@ def bench_attention(
     threads:int=None, # torch's CPU threads (default: torch's choice)
     seed:int=0, # seed of the weights and the synthetic data
     quick:bool=False, # a seconds-long smoke run for tests: batch 8, 2 repeats, 2-batch epochs, a 256 + 128 image epoch, 1 thread
-    out:str=str(Path(__file__).parent/'results'), # folder for the CSV and JSON results
+    profile:bool=False, # instead of timing: profile `--repeats` training steps of each model, operator by operator, against ResNet-20
+    profile_path:str='fast', # the path `--profile` profiles: 'fast' (as above), 'fp32' (NCHW) or 'bf16' (autocast and channels_last, emulated where the device has no native bf16)
+    top:int=12, # operators of each model's extra time that `--profile` tabulates (the JSON has all)
+    out:str=str(Path(__file__).parent/'results'), # folder for the CSV and JSON results (with `--profile`: JSON and markdown)
 ):
-    "Time ResNet-20 with every attention module on the fast path and in fp32 NCHW, fastai against a plain loop, and a whole CIFAR epoch; print the tables and the targets."
+    "Time ResNet-20 with every attention module on the fast path and in fp32 NCHW, fastai against a plain loop, and a whole CIFAR epoch; print the tables and the targets. Or profile them."
     # one thread unless asked: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
     if quick: bs, repeats, warmup, fit_batches, fit_repeats, epoch_train, epoch_valid, threads = 8, 2, 1, 2, 2, 256, 128, threads or 1
     torch_device = check_device(device)
@@ -355,6 +471,8 @@ def bench_attention(
     except ValueError as e: raise ValueError(f'fit_model: {e}') from None
     paths = benchmark_paths(torch_device, bf16, channels_last)
     if torch_device.type == 'cuda': torch.backends.cudnn.benchmark = True
+    if profile_path not in PROFILE_PATHS: raise ValueError(f"profile_path: expected one of {list(PROFILE_PATHS)}, got {profile_path!r}")
+    if profile: return profile_attention(torch_device, PROFILE_PATHS[profile_path] or paths['fast'], bs, repeats, warmup, seed, check_int('top', top, 1), folder, quick)
     config = dict(device=device, paths=paths, bs=bs, repeats=repeats, warmup=warmup, fit_model=fit_model, fit_batches=fit_batches,
                   fit_repeats=fit_repeats, epoch_train=epoch_train, epoch_valid=epoch_valid, threads=threads, seed=seed, quick=quick)
     start_environment = environment(torch_device)

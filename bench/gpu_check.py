@@ -1,7 +1,9 @@
 """The one-command GPU check: how long one CIFAR-sized training epoch (and its validation pass) of ResNet-20, -56 and
 -110 without attention, with SE-1 and with SAAM-1 takes through fastai (`saam_nb.data.dataloaders` and
-`saam_nb.train.create_learner`) and through a plain PyTorch loop, and whether a `saam_train` run that is SIGKILLed
-part-way and started again ends exactly like one that never stopped.
+`saam_nb.train.create_learner`), eager and compiled (`create_learner(..., compile=True)`), and through a plain
+PyTorch loop; how many training steps per second 1, 4 and 12 training processes sharing the GPU make together (under
+CUDA MPS where the machine has it, as `bench/gpu_sweep_device.sh` trains a sweep); and whether a `saam_train` run that
+is SIGKILLed part-way and started again ends exactly like one that never stopped.
 
 It needs no network and no data files (the images are synthetic, CIFAR-shaped uint8), writes one JSON record to
 `--out` (rewritten after every result, so that a run cut off by a time limit keeps what it measured) and prints a
@@ -9,7 +11,7 @@ markdown table. It trains as the library does: bf16 autocast and channels_last w
 natively (`saam_nb.train.bf16_supported`, CPUs with AVX512-BF16 or AMX too), fp32 NCHW elsewhere; the record says
 which. Run `python bench/gpu_check.py --help`.
 """
-import json, os, platform, subprocess, sys, tempfile, time
+import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 import fastai
@@ -18,23 +20,38 @@ from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
 from saam_nb.train import Recipe, bf16_supported, device_name, history_without_timings, kill_at_first_checkpoint
 from saam_nb.store import ResultsStore, run_key, atomic_write
-from saam_nb.knobs import check_int, check_ints, check_writable, command
-from bench_attention import synthetic_cifar, PlainLoop, timed, check_device, warmup_data, fastai_epoch
+from saam_nb.train import create_learner
+from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
+from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
 
 ATTENTIONS = {'none': 'resnet-{depth}', 'se-1': 'se-1-{depth}', 'saam-1': 'saam-1-{depth}'}
+# how each epoch is trained: through fastai eager or with `create_learner(..., compile=True)`, or in `PlainLoop`
+LOOPS = ('fastai', 'fastai-compiled', 'plain')
 TARGET = dict(model='resnet-20', loop='fastai', limit_s=2.0)  # seconds of a CIFAR epoch, training and validation, on one H100
+# the goals of issue 20 on one H100/H200: SAAM-1-20 against ResNet-20, each through fastai, and the 12-process sweep
+RATIO_TARGET = dict(model='saam-1-20', baseline='resnet-20', limit=1.15)
+SWEEP_TARGET = dict(processes=12, limit_steps_per_s=3 * 290)  # 290: the MPS sweep of the cifar10-jpeg grid on an H200 (page 08)
 # the saam_train run that is killed and resumed: small enough for a CPU, long enough to be caught between two epochs
 RESUME_RUN = dict(model='saam-1-8', dataset='digits', epochs=3, seed=1)
 RESUME_BS = 64
 
 
-def model_names(depths) -> list:
-    "The model of every depth in `depths` (comma-separated) and every attention of `ATTENTIONS`; a `ValueError` naming `depths` for a bad depth."
-    names = [pattern.format(depth=depth) for depth in check_ints('depths', depths, 1) for pattern in ATTENTIONS.values()]
+def model_names(depths, attentions=tuple(ATTENTIONS)) -> list:
+    "The model of every depth in `depths` and every attention of `attentions` (keys of `ATTENTIONS`; each comma-separated or a list); a `ValueError` naming the knob."
+    attentions = check_names('attentions', attentions)
+    if unknown := [a for a in attentions if a not in ATTENTIONS]: raise ValueError(f"attentions: expected some of {list(ATTENTIONS)}, got {unknown}")
+    names = [ATTENTIONS[attention].format(depth=depth) for depth in check_ints('depths', depths, 1) for attention in attentions]
     for name in names:
         try: parse_model_name(name)
         except ValueError as e: raise ValueError(f"depths: {e}") from None
     return names
+
+
+def check_loops(loops) -> list:
+    "The loops of `LOOPS` named in `loops` (comma-separated or a list), in their order there; a `ValueError` for another name."
+    names = check_names('loops', loops)
+    if unknown := [n for n in names if n not in LOOPS]: raise ValueError(f"loops: expected some of {list(LOOPS)}, got {unknown}")
+    return [loop for loop in LOOPS if loop in names]
 
 
 def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, device:torch.device, fast:bool) -> dict:
@@ -46,34 +63,131 @@ def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, de
 
 
 def epoch_times(
-    names:list, data:dict, recipe:Recipe, device:torch.device, # the models, the images, the training and where it runs
+    names:list, loops:list, data:dict, recipe:Recipe, device:torch.device, # the models, the loops of `LOOPS`, the images, the training and where it runs
     fast:bool, # bf16 autocast and channels_last
-    compile:bool, warmup:int, seed:int, # torch.compile; untimed batches first; the seed of every model's weights
+    warmup:int, seed:int, # untimed batches first; the seed of every model's weights
     on_row, # called with the rows so far after each one, to save them
 ) -> list:
-    "One row per model and loop: the seconds of a timed epoch, or the error that stopped it."
+    "One row per model and loop: the seconds of a timed epoch (a compiled one after its compilation in the warm-up), or the error that stopped it."
     dls = dataloaders(data, recipe.bs, device)
     # the warm-up loaders batch as `dls` does, so that their last batches have the shapes of the real ones
     warm = warmup_data(data, warmup, dls.train.bs, dls.valid.bs)
     warmup_dls = dataloaders(warm, recipe.bs, device)
     rows = []
     for name in names:
-        for loop in ('fastai', 'plain'):
+        for loop in loops:
             torch.manual_seed(seed)
             model = create_model(name, data['classes'])
-            if compile: model = torch.compile(model)
             row = dict(model=name, loop=loop)
             try:
-                times = (fastai_epoch(model, dls, warmup_dls, recipe, mixed_precision=fast, channels_last=fast) if loop == 'fastai'
-                         else plain_epoch(model, data, warm, recipe, device, fast))
+                times = (plain_epoch(model, data, warm, recipe, device, fast) if loop == 'plain' else
+                         fastai_epoch(model, dls, warmup_dls, recipe, mixed_precision=fast, channels_last=fast, compile=loop == 'fastai-compiled'))
                 row.update(times, train_images_per_s=times['train_images'] / times['train_s'])
             except Exception as e: row['error'] = f'{type(e).__name__}: {e}'  # recorded, printed and turned into exit status 1
             rows.append(row)
-            print(f"  {name:>12} {loop:>6}: " + (f"{row['epoch_s']:.2f} s" if 'epoch_s' in row else row['error']), flush=True)
+            print(f"  {name:>12} {loop:>15}: " + (f"{row['epoch_s']:.2f} s" if 'epoch_s' in row else row['error']), flush=True)
             on_row(rows)
             del model
             if device.type == 'cuda': torch.cuda.empty_cache()
     return rows
+
+
+def sweep_worker(spec:dict):
+    """One process of the sweep: train `spec['warmup']` batches of `spec['model']` through fastai untimed, write
+    `ready_<index>` in `spec['folder']`, wait for `go` there, train `spec['steps']` batches and write `result_<index>.json`."""
+    torch.set_num_threads(spec['threads'])
+    folder, index, device = Path(spec['folder']), spec['index'], torch.device(spec['device'])
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True
+    data, recipe = synthetic_cifar(spec['steps'] * spec['bs'], spec['seed'] + index, valid=2 * spec['bs']), Recipe(bs=spec['bs'])
+    torch.manual_seed(spec['seed'])
+    model = create_model(spec['model'], data['classes'])
+    warm = dataloaders(warmup_data(data, spec['warmup'], spec['bs'], 2 * spec['bs']), spec['bs'], device)
+    dls = dataloaders(data, spec['bs'], device)
+    learn = create_learner(model, warm, recipe, spec['fast'], spec['fast'])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    (folder/f'ready_{index}').touch()
+    while not (folder/'go').exists(): time.sleep(0.01)
+    learn, timer = create_learner(model, dls, recipe, spec['fast'], spec['fast']), TrainPhaseTimer()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=timer)
+    result = dict(model=spec['model'], steps=timer.batches[0], train_s=timer.seconds[0], start=timer.spans[0][0], end=timer.spans[0][1])
+    (folder/f'result_{index}.json').write_text(json.dumps(result))
+
+
+def start_mps(folder:Path) -> dict|None:
+    "Start a CUDA MPS control daemon whose pipe and log folders are in `folder`; the environment of its clients, or None where none could start (no MPS on the machine)."
+    env = dict(os.environ, CUDA_MPS_PIPE_DIRECTORY=str(folder/'mps_pipe'), CUDA_MPS_LOG_DIRECTORY=str(folder/'mps_log'))
+    for name in ('mps_pipe', 'mps_log'): (folder/name).mkdir(parents=True, exist_ok=True)
+    if shutil.which('nvidia-cuda-mps-control') is None or subprocess.run(['nvidia-cuda-mps-control', '-d'], env=env).returncode != 0: return None
+    # a client that cannot reach the server would fall back to its own context, or hang: as bench/gpu_sweep_device.sh, try one first
+    probe = [sys.executable, '-c', "import torch; torch.ones(1, device='cuda').sum().item()"]
+    try: works = subprocess.run(probe, env=env, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired: works = False
+    if not works: stop_mps(env)
+    return env if works else None
+
+
+def stop_mps(env:dict):
+    "Stop the MPS control daemon (and its server) of the clients' environment `env`."
+    subprocess.run(['nvidia-cuda-mps-control'], input='quit\n', text=True, env=env)
+
+
+def sweep_throughput(
+    processes:int, models:list, # how many training processes share the device; their models, given in turn
+    steps:int, warmup:int, bs:int, seed:int, # timed and untimed batches of each process, its batch size, the seed of the weights (and, plus its index, of its data)
+    device:torch.device, fast:bool, # where they train; bf16 autocast and channels_last
+    env:dict, # the processes' environment (MPS's, where it runs)
+    timeout_s:float=900, # the longest the processes may take to warm up, and then to train
+) -> dict:
+    "Training steps per second that `processes` processes make together, started at once after their warm-up: all their steps over the time from the first start to the last end."
+    bench, start = str(Path(__file__).parent), time.perf_counter()
+    code = f'import json, sys; sys.path.insert(0, {bench!r}); from gpu_check import sweep_worker; sweep_worker(json.loads(sys.argv[1]))'
+    result = dict(processes=processes, models=[models[i % len(models)] for i in range(processes)], steps_per_process=steps, mps='CUDA_MPS_PIPE_DIRECTORY' in env)
+    with tempfile.TemporaryDirectory() as folder:
+        folder, workers = Path(folder), []
+        try:
+            for index, model in enumerate(result['models']):
+                spec = dict(model=model, steps=steps, warmup=warmup, bs=bs, seed=seed, device=device.type, fast=fast, folder=str(folder), index=index, threads=1)
+                log = open(folder/f'log_{index}.txt', 'w')
+                workers.append(subprocess.Popen([sys.executable, '-c', code, json.dumps(spec)], env=dict(env, OMP_NUM_THREADS='1'), stdout=log, stderr=subprocess.STDOUT))
+            def wait_for(done, what):
+                deadline = time.perf_counter() + timeout_s
+                while not done():
+                    if failed := [i for i, w in enumerate(workers) if w.poll() not in (None, 0)]:
+                        raise RuntimeError(f"process {failed[0]} ({result['models'][failed[0]]}) exited with {workers[failed[0]].returncode}: "
+                                           + (folder/f'log_{failed[0]}.txt').read_text()[-2000:])
+                    if time.perf_counter() > deadline: raise RuntimeError(f'{what} took more than {timeout_s:.0f} s')
+                    time.sleep(0.05)
+            wait_for(lambda: all((folder/f'ready_{i}').exists() for i in range(processes)), 'the warm-up')
+            (folder/'go').touch()
+            wait_for(lambda: all(w.poll() is not None for w in workers), 'the timed steps')
+            runs = [json.loads((folder/f'result_{i}.json').read_text()) for i in range(processes)]
+            span = max(r['end'] for r in runs) - min(r['start'] for r in runs)
+            result.update(steps=sum(r['steps'] for r in runs), span_s=span, steps_per_s=sum(r['steps'] for r in runs) / span,
+                          process_steps_per_s=[r['steps'] / r['train_s'] for r in runs])
+        except Exception as e: result['error'] = f'{type(e).__name__}: {e}'
+        finally:
+            for worker in workers:
+                if worker.poll() is None: worker.kill()
+                worker.wait()
+    result['seconds'] = time.perf_counter() - start
+    return result
+
+
+def sweep_check(counts:list, models:list, steps:int, warmup:int, bs:int, seed:int, device:torch.device, fast:bool, on_result) -> list:
+    "`sweep_throughput` for each process count of `counts`, under one MPS daemon on a GPU that has it; `on_result` is called with the results so far after each."
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        env = start_mps(Path(folder)) if device.type == 'cuda' else None
+        try:
+            for processes in counts:
+                results.append(sweep_throughput(processes, models, steps, warmup, bs, seed, device, fast, env or dict(os.environ)))
+                row = results[-1]
+                print(f"  {processes:>3} processes{' (MPS)' if row['mps'] else ''}: " +
+                      (f"{row['steps_per_s']:.1f} steps/s" if 'steps_per_s' in row else row['error']), flush=True)
+                on_result(results)
+        finally:
+            if env: stop_mps(env)
+    return results
 
 
 def compare_runs(killed_after_epoch:int, records_after_kill:int, resumed:dict, uninterrupted:dict, epochs:int) -> dict:
@@ -138,28 +252,57 @@ def environment(device:torch.device, fast:bool) -> dict:
 
 
 def markdown_table(rows:list) -> str:
-    "Epoch seconds of every model through fastai and the plain loop, side by side, as a markdown table."
+    "Epoch and training-phase seconds of every model in every loop, side by side, with fastai over the plain loop and compiled over eager, as a markdown table."
     cell = {(r['model'], r['loop']): r for r in rows}
-    def seconds(model, loop, key): return f"{cell[model, loop][key]:.2f}" if key in cell[model, loop] else 'error'
-    lines = ['| model | fastai epoch s | fastai train s | plain epoch s | plain train s | fastai / plain |', '|' + ' --- |' * 6]
+    loops = [loop for loop in LOOPS if any(r['loop'] == loop for r in rows)]
+    def seconds(model, loop, key): return f"{cell[model, loop][key]:.2f}" if key in cell.get((model, loop), {}) else 'error'
+    ratios = [(f'{a} / {b}', a, b) for a, b in (('fastai', 'plain'), ('fastai-compiled', 'fastai')) if a in loops and b in loops]
+    header = [f'{loop} {part} s' for loop in loops for part in ('epoch', 'train')] + [name for name, _, _ in ratios]
+    lines = ['| model | ' + ' | '.join(header) + ' |', '|' + ' --- |' * (len(header) + 1)]
     for model in dict.fromkeys(r['model'] for r in rows):
-        fastai_row, plain_row = cell[model, 'fastai'], cell[model, 'plain']
-        ratio = f"{fastai_row['epoch_s'] / plain_row['epoch_s']:.2f}" if 'epoch_s' in fastai_row and 'epoch_s' in plain_row else ''
-        lines.append(f"| {model} | {seconds(model, 'fastai', 'epoch_s')} | {seconds(model, 'fastai', 'train_s')} | "
-                     f"{seconds(model, 'plain', 'epoch_s')} | {seconds(model, 'plain', 'train_s')} | {ratio} |")
+        values = [seconds(model, loop, key) for loop in loops for key in ('epoch_s', 'train_s')]
+        for _, a, b in ratios:
+            both = 'epoch_s' in cell[model, a] and 'epoch_s' in cell[model, b]
+            values.append(f"{cell[model, a]['epoch_s'] / cell[model, b]['epoch_s']:.2f}" if both else '')
+        lines.append(f'| {model} | ' + ' | '.join(values) + ' |')
     return '\n'.join(lines)
 
 
-def target_check(rows:list) -> dict|None:
-    "The ResNet-20 fastai epoch against `TARGET`, or None when ResNet-20 was not timed."
-    row = next((r for r in rows if r['model'] == TARGET['model'] and r['loop'] == TARGET['loop'] and 'epoch_s' in r), None)
-    return None if row is None else dict(TARGET, epoch_s=row['epoch_s'], met=row['epoch_s'] <= TARGET['limit_s'])
+def sweep_markdown(results:list) -> str:
+    "Steps per second of each process count of the sweep, all together and per process, as a markdown table."
+    lines = ['| processes | MPS | models | steps/s, all together | steps/s per process (median) | seconds |', '|' + ' --- |' * 6]
+    for r in results:
+        models = ', '.join(f'{n} {m}' for m, n in {m: r['models'].count(m) for m in r['models']}.items())
+        together = f"{r['steps_per_s']:.1f}" if 'steps_per_s' in r else r['error'][:60]
+        each = f"{statistics.median(r['process_steps_per_s']):.1f}" if 'steps_per_s' in r else ''
+        lines.append(f"| {r['processes']} | {'yes' if r['mps'] else 'no'} | {models} | {together} | {each} | {r['seconds']:.0f} |")
+    return '\n'.join(lines)
 
 
-def record_name(device:torch.device, fast:bool, compile:bool, deterministic:bool, quick:bool) -> str:
-    "The file name of a configuration, so that runs of different configurations never overwrite each other."
-    parts = ['gpu_check', device.type, 'bf16' if fast else 'fp32'] + [flag for flag, on in
-             (('compile', compile), ('deterministic', deterministic), ('quick', quick)) if on]
+def target_checks(rows:list, sweep:list) -> list:
+    "Each goal whose measurement exists: the ResNet-20 epoch through fastai, eager and compiled, against `TARGET`; SAAM-1-20 over ResNet-20 in each against `RATIO_TARGET`; the sweep against `SWEEP_TARGET`."
+    epoch = {(r['model'], r['loop']): r['epoch_s'] for r in rows if 'epoch_s' in r}
+    checks = []
+    for loop in ('fastai', 'fastai-compiled'):
+        if (TARGET['model'], loop) in epoch:
+            value = epoch[TARGET['model'], loop]
+            checks.append(dict(target=f"{TARGET['model']} epoch s, {loop}", limit=f"<= {TARGET['limit_s']}", value=value, met=value <= TARGET['limit_s']))
+        if (RATIO_TARGET['model'], loop) in epoch and (RATIO_TARGET['baseline'], loop) in epoch:
+            value = epoch[RATIO_TARGET['model'], loop] / epoch[RATIO_TARGET['baseline'], loop]
+            checks.append(dict(target=f"{RATIO_TARGET['model']} / {RATIO_TARGET['baseline']} epoch, {loop}", limit=f"<= {RATIO_TARGET['limit']}",
+                               value=value, met=value <= RATIO_TARGET['limit']))
+    for result in sweep:
+        if result['processes'] == SWEEP_TARGET['processes'] and 'steps_per_s' in result:
+            value = result['steps_per_s']
+            checks.append(dict(target=f"{result['processes']}-process sweep steps/s", limit=f">= {SWEEP_TARGET['limit_steps_per_s']}",
+                               value=value, met=value >= SWEEP_TARGET['limit_steps_per_s']))
+    return checks
+
+
+def record_name(device:torch.device, fast:bool, depths:list, deterministic:bool, quick:bool) -> str:
+    "The file name of a configuration, so that runs of different configurations (two calls that split the depths among them) never overwrite each other."
+    parts = (['gpu_check', device.type, 'bf16' if fast else 'fp32', 'd' + '-'.join(map(str, depths))]
+             + [flag for flag, on in (('deterministic', deterministic), ('quick', quick)) if on])
     return '_'.join(parts) + '.json'
 
 
@@ -172,50 +315,66 @@ def write_record(path:Path, record:dict) -> Path:
 def gpu_check(
     out:str=str(Path(__file__).parent/'results'), # folder for the JSON record
     device:str=None, # 'cuda' or 'cpu'; default cuda when a GPU is visible, else cpu
-    depths:str='20,56,110', # ResNet depths, comma-separated; each is timed without attention, with SE-1 and with SAAM-1
+    depths:str='20,56,110', # ResNet depths, comma-separated; each is timed with every attention of `--attentions`
+    attentions:str='none,se-1,saam-1', # attention types timed at every depth, comma-separated
+    loops:str='fastai,fastai-compiled,plain', # how each epoch trains: through fastai eager, compiled (`create_learner(..., compile=True)`), or in a plain PyTorch loop
     bs:int=128, # training batch size (validation: twice that)
     train:int=50_000, # synthetic training images
     valid:int=10_000, # synthetic validation images
     warmup:int=5, # untimed training and validation batches of every model and loop first
-    compile:bool=False, # torch.compile every model
+    sweep:str='1,4,12', # numbers of training processes that share the device in the sweep check, comma-separated (under MPS where the GPU has it)
+    sweep_models:str='resnet-20,se-1-20,saam-1-20', # the models of the sweep's processes, given in turn
+    sweep_steps:int=300, # timed training steps of every sweep process, after `--warmup` untimed ones
+    no_sweep:bool=False, # skip the sweep check
     deterministic:bool=False, # cuDNN's deterministic algorithms without autotuning, as saam_train trains; otherwise autotuned
     no_resume:bool=False, # skip the kill-and-resume check of saam_train
     seed:int=0, # seed of the weights and the synthetic data
-    quick:bool=False, # a short run for tests, instead of the sizes above: 256/128 images, batch 32, depth 8, 1 warm-up batch, 1 CPU thread
+    quick:bool=False, # a short run for tests, instead of the sizes above: 256/128 images, batch 32, depth 8, 1 warm-up batch, 1 CPU thread, sweeps of 1 and 2 processes of 3 steps
 ):
-    "Time a CIFAR epoch of ResNet-20/56/110 without attention, with SE-1 and with SAAM-1 through fastai and a plain loop; kill and resume a saam_train run."
+    "Time a CIFAR epoch of ResNet-20/56/110 without attention, with SE-1 and with SAAM-1 through fastai eager and compiled and a plain loop; the steps per second of a sweep of 1, 4 and 12 processes; kill and resume a saam_train run."
     # one thread: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
-    if quick: train, valid, bs, depths, warmup = 256, 128, 32, '8', 1; torch.set_num_threads(1)
+    if quick: train, valid, bs, depths, warmup, sweep, sweep_models, sweep_steps = 256, 128, 32, '8', 1, '1,2', 'resnet-8,saam-1-8', 3; torch.set_num_threads(1)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    bs, train, valid, warmup, seed = (check_int(name, value, low) for name, value, low in
-        (('bs', bs, 1), ('train', train, 1), ('valid', valid, 1), ('warmup', warmup, 1), ('seed', seed, 0)))
-    names, folder = model_names(depths), check_writable('out', out)
+    bs, train, valid, warmup, sweep_steps, seed = (check_int(name, value, low) for name, value, low in
+        (('bs', bs, 1), ('train', train, 1), ('valid', valid, 1), ('warmup', warmup, 1), ('sweep_steps', sweep_steps, 1), ('seed', seed, 0)))
+    names, loops, folder = model_names(depths, attentions), check_loops(loops), check_writable('out', out)
+    counts, sweep_names = ([], []) if no_sweep else (check_ints('sweep', sweep, 1), check_names('sweep_models', sweep_models))
+    for name in sweep_names:
+        try: parse_model_name(name)
+        except ValueError as e: raise ValueError(f"sweep_models: {e}") from None
     fast = bf16_supported(device)  # bf16 autocast and channels_last, as the library trains on this device
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
-    config = dict(device=device.type, models=names, bs=bs, valid_bs=2 * bs, train=train, valid=valid, warmup_batches=warmup,
-                  compile=compile, deterministic=deterministic, seed=seed, quick=quick)
+    config = dict(device=device.type, models=names, loops=loops, bs=bs, valid_bs=2 * bs, train=train, valid=valid, warmup_batches=warmup,
+                  sweep=counts, sweep_models=sweep_names, sweep_steps=sweep_steps, deterministic=deterministic, seed=seed, quick=quick)
     print(' '.join(f'{k}={v}' for k, v in config.items()), flush=True)
-    start, path = time.perf_counter(), folder/record_name(device, fast, compile, deterministic, quick)
-    record = dict(config=config, environment=environment(device, fast), epochs=[], target=None, resume=None, complete=False)
-    # the short resume check first, then every result as it comes, printed and written: a run cut off by a time limit keeps them
+    start, path = time.perf_counter(), folder/record_name(device, fast, check_ints('depths', depths, 1), deterministic, quick)
+    record = dict(config=config, environment=environment(device, fast), epochs=[], sweep=[], targets=[], resume=None, complete=False)
+    def save(**parts):
+        record.update(parts, total_s=time.perf_counter() - start)
+        record['targets'] = target_checks(record['epochs'], record['sweep'])
+        write_record(path, record)
+    # the short checks first, then every result as it comes, printed and written: a run cut off by a time limit keeps them.
+    # The sweep's processes come before this one uses the GPU, so that MPS starts on a GPU with no other process on it.
     if not no_resume:
         record['resume'] = resume = kill_and_resume(device)
         print(f"kill and resume ({resume['command']}): {resume_summary(resume)}", flush=True)
-    def save(rows): write_record(path, dict(record, epochs=rows, target=target_check(rows), total_s=time.perf_counter() - start))
-    save([])
-    print(f"timing one epoch of each model ({record['environment']['precision']}, {record['environment']['memory_format']}), fastai then plain loop:", flush=True)
-    rows = epoch_times(names, synthetic_cifar(train, seed, valid), Recipe(bs=bs), device, fast, compile, warmup, seed, on_row=save)
-    record.update(epochs=rows, target=target_check(rows), complete=True, total_s=time.perf_counter() - start)
-    write_record(path, record)
-    env, resume, target = record['environment'], record['resume'], record['target']
-    print(f"\n{env['device']}, torch {env['torch']}, {env['precision']}, {env['memory_format']}{', torch.compile' if compile else ''}; "
+    save()
+    if counts:
+        print(f"sweep: {', '.join(map(str, counts))} processes of {sweep_steps} steps, {', '.join(sweep_names)} in turn:", flush=True)
+        sweep_check(counts, sweep_names, sweep_steps, warmup, bs, seed, device, fast, on_result=lambda results: save(sweep=results))
+    print(f"timing one epoch of each model ({record['environment']['precision']}, {record['environment']['memory_format']}), {', '.join(loops)}:", flush=True)
+    rows = epoch_times(names, loops, synthetic_cifar(train, seed, valid), Recipe(bs=bs), device, fast, warmup, seed, on_row=lambda rows: save(epochs=rows))
+    save(epochs=rows, complete=True)
+    env, resume = record['environment'], record['resume']
+    print(f"\n{env['device']}, torch {env['torch']}, {env['precision']}, {env['memory_format']}; "
           f"{train} training and {valid} validation images, batch {bs}\n\n{markdown_table(rows)}\n")
-    if target: print(f"{target['model']} epoch through {target['loop']} (training + validation): {target['epoch_s']:.2f} s; "
-                     f"target on one H100 <= {target['limit_s']:.0f} s: {'met' if target['met'] else 'missed'}"
-                     + (' (--quick: says nothing about the target)' if quick else ''))
+    if record['sweep']: print(f"{sweep_steps} timed steps per process, batch {bs}, fastai, {env['precision']}:\n\n{sweep_markdown(record['sweep'])}\n")
+    for check in record['targets']:
+        print(f"{check['target']}: {check['value']:.2f}, goal on one H100/H200 {check['limit']}: {'met' if check['met'] else 'missed'}"
+              + (' (--quick: says nothing about the goal)' if quick else ''))
     if resume: print(f"kill and resume ({resume['command']}): {resume_summary(resume)}")
     print(f'total {record["total_s"]:.0f} s; wrote {path}')
-    if any('error' in r for r in rows) or (resume and not resume['passed']): sys.exit(1)
+    if any('error' in r for r in rows + record['sweep']) or (resume and not resume['passed']): sys.exit(1)
 
 
 if __name__ == '__main__': gpu_check.main()
