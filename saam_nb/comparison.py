@@ -6,7 +6,7 @@
 __all__ = ['PAPER_DATASET', 'PAPER_EPOCHS', 'PAPER_NAMES', 'COMPARISON_PAIRS', 'CLAIMS', 'COST_LIMITS', 'accuracy_table',
            'paired_difference', 'ordering_sentence', 'plot_paired_differences', 'seeds_needed', 'paper_pair_difference',
            'compare_pairs', 'differences_table', 'setting_table', 'plot_validation_curves', 'claim_verdict',
-           'cost_claim', 'claims_table']
+           'cost_claim', 'benchmark_cost_ratios', 'claims_table']
 
 # %% ../nbs/06_comparison.ipynb #90e9d525
 import math
@@ -230,6 +230,17 @@ def cost_claim(
     ours = ', '.join(f"{ratios[b]:.2f}x {b}" for b in COST_LIMITS if b in ratios)
     return dict(row, ours=f'SAAM-1-20 training step {ours}',
                 verdict='holds' if all(ratios.get(b, math.inf) <= limit for b, limit in COST_LIMITS.items()) else 'contradicted')
+
+def benchmark_cost_ratios(
+    record:dict, # what `python bench/bench_attention.py` writes to its JSON file
+    path:str='fast', # the path whose steps count: 'fast' (as `create_learner` trains on that device) or 'fp32'
+) -> tuple: # ratios for `cost_claim`, and the setting they were measured in
+    "SAAM-1-20's median training-step time over each `COST_LIMITS` baseline's, from a benchmark record, and where it was measured."
+    steps = {row['model']: row['train_ms'] for row in record['models'] if row['path'] == path}
+    env, flags = record['environment'], record['config']['paths'][path]
+    precision = f"{'bf16 autocast' if flags['bf16'] else 'fp32'}, {'channels_last' if flags['channels_last'] else 'NCHW'}"
+    setting = f"{env['device']}, {env['threads']} threads, {precision}, batch {record['config']['bs']}"
+    return {baseline: steps['saam-1-20'] / steps[baseline] for baseline in COST_LIMITS}, setting
 
 def claims_table(
     records:list, # run records from a `ResultsStore`
