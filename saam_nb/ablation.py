@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 from fastprogress.fastprogress import progress_bar
 from .knobs import check_int, check_ints, check_names, check_folder, check_writable
 from .paper import PAPER_FIG3
-from .resnet import check_depth, parse_model_name
+from .resnet import canonical_model_name, check_depth, parse_model_name
 from .data import check_dataset
 from .store import project_root
 from .train import Recipe, train_run
@@ -60,8 +60,9 @@ def summarize(
     epochs:int|None=None, # keep only runs of this many epochs
     recipe:Recipe|None=None, # keep only runs of this recipe (its id)
 ) -> pd.DataFrame: # one row per (dataset, model): mean, std and count of top-1 %, and the seeds
-    "Mean ± standard deviation of top-1 accuracy (%) over seeds, per dataset and model, of finished runs."
-    rows = [dict(dataset=r['dataset'], model=r['model'], seed=r['seed'], top1=100 * r['top1']) for r in records
+    "Mean ± standard deviation of top-1 accuracy (%) over seeds, per dataset and model (by its canonical name), of finished runs."
+    # records written before run keys used canonical names may spell a model otherwise ('SAAM-1-20'): one model, one row
+    rows = [dict(dataset=r['dataset'], model=canonical_model_name(r['model']), seed=r['seed'], top1=100 * r['top1']) for r in records
             if r['status'] == 'finished' and (epochs is None or r['epochs'] == epochs)
             and (recipe is None or r['key'].endswith(recipe.id()))]
     if not rows: return pd.DataFrame(columns=['dataset', 'model', 'mean', 'std', 'runs', 'seeds'])

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 'BasicBlock', 'check_depth', 'CifarResNet',
-           'parse_model_name', 'model_name', 'create_model', 'count_parameters', 'count_flops', 'overheads_table']
+           'parse_model_name', 'model_name', 'canonical_model_name', 'create_model', 'count_parameters', 'count_flops',
+           'overheads_table']
 
 # %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
@@ -124,6 +125,10 @@ def model_name(
     if attention not in ATTENTION_TYPES: raise ValueError(f"attention: expected one of {list(ATTENTION_TYPES)}, got {attention!r}")
     paths = ATTENTION_TYPES[attention][1] if paths is None else paths
     return f"{attention.rstrip('2')}-{paths}-{depth}"
+
+def canonical_model_name(name:str) -> str: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20'
+    "The one name of the model `name` parses to (lower case, no leading zeros): what run keys, records, tables and figures use."
+    return model_name(**parse_model_name(name))
 
 # %% ../nbs/02_resnet.ipynb #f877ba89
 def create_model(

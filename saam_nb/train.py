@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['Recipe', 'step_lr', 'StepLR', 'split_attention', 'ForeachSGD', 'paper_optimizer', 'bf16_supported', 'BF16Autocast',
-           'create_learner', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'RunCheckpoint',
-           'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args', 'device_name',
-           'environment', 'train_run', 'saam_train', 'kill_at_first_checkpoint', 'history_without_timings']
+           'compile_model', 'create_learner', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states',
+           'RunCheckpoint', 'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args',
+           'canonical_run_key', 'device_name', 'environment', 'train_run', 'saam_train', 'kill_at_first_checkpoint',
+           'history_without_timings', 'load_run']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
 import contextlib, hashlib, json, math, os, platform, random, signal, subprocess, time
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import fastai
+from fastcore.basics import patch
+from fastcore.foundation import L
+from fastai.torch_core import TensorImage, batch_to_samples
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
@@ -26,9 +30,9 @@ from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 import saam_nb
 from .attention import attention_parameters
-from .resnet import create_model, parse_model_name
+from .resnet import canonical_model_name, create_model
 from .knobs import check_int, check_folder, check_writable, command
-from .data import check_dataset, dataset_label, load_dataset, dataloaders
+from .data import ImageTensors, ImageTensorLoader, check_dataset, dataset_label, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
 
 # %% ../nbs/04_train.ipynb #64951df5
@@ -60,10 +64,11 @@ def step_lr(
 
 # %% ../nbs/04_train.ipynb #a4c33510
 class StepLR(Callback):
-    "Set the learning rate of every parameter group at the start of each epoch by `step_lr`."
+    "Set the learning rate of every parameter group at the start of each epoch's training by `step_lr`."
     order = 1
     def __init__(self, recipe:Recipe): self.recipe = recipe
-    def before_epoch(self): self.opt.set_hyper('lr', step_lr(self.epoch, self.n_epoch, self.recipe))
+    # not `before_epoch`: fastai fires `before_fit` and `before_epoch` in `validate`, `get_preds` and `tta` too, where there may be no optimizer
+    def before_train(self): self.opt.set_hyper('lr', step_lr(self.epoch, self.n_epoch, self.recipe))
 
 # %% ../nbs/04_train.ipynb #38314e22
 def split_attention(model:torch.nn.Module) -> list: # any network
@@ -115,12 +120,27 @@ def bf16_supported(device) -> bool: # a torch device or its name
 class BF16Autocast(Callback):
     "bf16 autocast of the forward pass and the loss, on the CPU and on CUDA alike (fastai's `MixedPrecision` autocasts on CUDA only)."
     order = 10
+    autocast = None  # the autocast context of the batch in flight
     def before_batch(self):
+        self.end_autocast()  # a batch that raised (no event follows an exception) left its context open
         self.autocast = torch.autocast(self.dls.device.type, dtype=torch.bfloat16)
         self.autocast.__enter__()
     def after_pred(self): self.learn.pred = self.pred.float()
-    def after_loss(self): self.autocast.__exit__(None, None, None)
-    def after_cancel_batch(self): self.autocast.__exit__(None, None, None)
+    def after_loss(self): self.end_autocast()  # the backward pass runs outside autocast, as PyTorch recommends
+    def after_batch(self): self.end_autocast()  # after a cancelled batch
+    def end_autocast(self):
+        "Leave the batch's autocast context, once."
+        if self.autocast is not None: self.autocast.__exit__(None, None, None); self.autocast = None
+
+def compile_model(
+    model:torch.nn.Module, # any network; compiled in place
+    device, # where it will run
+) -> torch.nn.Module:
+    "Compile `model` in place with `torch.compile`, one graph per batch shape, with CUDA graphs on CUDA; its `state_dict` keeps its keys."
+    # `nn.Module.compile` compiles the module's own call, where `torch.compile(model)` would wrap it and prefix every key with `_orig_mod.`;
+    # `dynamic=False`: the last, smaller batch of an epoch gets a graph (and a CUDA graph) of its own instead of dynamic shapes
+    model.compile(mode='reduce-overhead' if torch.device(device).type == 'cuda' else None, dynamic=False)
+    return model
 
 def create_learner(
     model:torch.nn.Module|str, # a network, or a paper-style model name
@@ -128,9 +148,11 @@ def create_learner(
     recipe:Recipe=Recipe(), # the training recipe
     mixed_precision:bool|None=None, # bf16 autocast; default on where the device computes bf16 natively (`bf16_supported`)
     channels_last:bool|None=None, # channels_last memory format; default as `mixed_precision`'s
+    compile:bool=False, # compile the model's forward and backward with `torch.compile` (`compile_model`)
 ) -> Learner:
     "A fastai Learner with the paper's optimizer, L2 groups, step schedule and top-1 accuracy, on the fast path where the device has one."
     if isinstance(model, str): model = create_model(model, num_classes=dls.c)
+    if compile: compile_model(model, dls.device)
     fast = bf16_supported(dls.device)
     if mixed_precision and not fast: raise ValueError(f"mixed_precision: {dls.device} has no native bf16 (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)")
     learn = Learner(dls, model.to(dls.device), loss_func=CrossEntropyLossFlat(), opt_func=partial(paper_optimizer, recipe=recipe),
@@ -171,13 +193,14 @@ class RunCheckpoint(Callback):
         self.path, self.history = path and Path(path), list(history or [])
 
     def before_fit(self): self.device_name = device_name(self.dls.device)  # in every epoch's row: a run resumed elsewhere keeps both
-    def before_epoch(self): self.epoch_start, self.loss_sum, self.samples = time.time(), 0.0, 0
+    def before_epoch(self): self.epoch_start, self.loss_sum, self.samples, self.trained = time.time(), 0.0, 0, False
+    def after_train(self): self.trained = True
 
     def after_batch(self):
         if self.training: self.loss_sum, self.samples = self.loss_sum + self.loss.detach() * len(self.yb[0]), self.samples + len(self.yb[0])
 
     def after_epoch(self):
-        if self.epoch < len(self.history): return  # an epoch skipped while resuming
+        if not self.trained: return  # evaluation (`validate`, `get_preds` fire epoch events too), or an epoch skipped while resuming
         logged = dict(zip(self.recorder.metric_names, self.recorder.log))
         row = dict(epoch=self.epoch, lr=self.opt.hypers[0]['lr'], seconds=time.time() - self.epoch_start, device=self.device_name,
                    train_loss=float(self.loss_sum / max(self.samples, 1)), valid_loss=float(logged['valid_loss']),
@@ -216,10 +239,18 @@ def check_run_args(
     data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
 ):
     "Validate a run's arguments before any work, each by the check of its kind; a `ValueError` that names the bad one."
-    parse_model_name(model)
+    canonical_model_name(model)
     check_dataset(dataset)
     check_int('epochs', epochs, 1); check_int('seed', seed, 0); check_int('bs', bs, 1)
     check_folder('data_dir', data_dir); check_writable('results', results)
+
+def canonical_run_key(
+    model:str, # any spelling of a model name, e.g. 'SAAM-1-20'
+    dataset:str|Path, # a dataset name or image-folder path, as `check_dataset` accepts
+    epochs:int, seed:int, recipe:Recipe, # the rest of the run
+) -> str:
+    "The results-store key of a run however its user spelled it: the canonical model name (`canonical_model_name`) and the dataset's label."
+    return run_key(canonical_model_name(model), dataset_label(dataset), epochs, seed, recipe)
 
 # %% ../nbs/04_train.ipynb #0205242a
 def device_name(device) -> str: # a torch device or its name
@@ -249,19 +280,21 @@ def train_run(
     progress:bool=True, # fastai's progress bars
     cbs:list|None=None, # extra fastai callbacks for this run
     mixed_precision:bool|None=None, # bf16 autocast; default on where the device has native bf16 (`bf16_supported`)
+    compile:bool=False, # `torch.compile` the model (`compile_model`); noted in the record, not in the key
 ) -> dict: # the run's record
     "Train one run to its end (resuming from its checkpoint if any) and return its record from the results store."
     # In a data-parallel launch every process runs this; rank 0 writes checkpoints and the record, each rank its weights.
     check_run_args(model, dataset, epochs, seed, data_dir, results, recipe.bs)
     rank, world_size = rank_distrib(), max(num_distrib(), 1)
     device = data_parallel_device() or device
-    store, key = ResultsStore(results), run_key(model, dataset_label(dataset), epochs, seed, recipe)
+    model = canonical_model_name(model)  # one name per model in keys and records, however the user spelled it
+    store, key = ResultsStore(results), canonical_run_key(model, dataset, epochs, seed, recipe)
     if store.finished(key) and not force: return store.get(key)
     checkpoint = store.checkpoint_path(key)
     if force and rank == 0: checkpoint.unlink(missing_ok=True)
     set_seed(seed, reproducible=True)
     dls = dataloaders(load_dataset(dataset, data_dir, download), recipe.bs, device, recipe.augment)
-    learn = create_learner(model, dls, recipe, mixed_precision)
+    learn = create_learner(model, dls, recipe, mixed_precision, compile=compile)
     saved = torch.load(checkpoint, map_location=dls.device, weights_only=False) if checkpoint.exists() else None
     if saved:
         learn.model.load_state_dict(saved['model']); learn.create_opt(); learn.opt.load_state_dict(saved['opt'])
@@ -269,7 +302,7 @@ def train_run(
     if world_size > 1: learn.add_cb(DataParallelTrainer(sync_bn=dls.device.type == 'cuda', cpu=dls.device.type == 'cpu'))
     run_checkpoint = RunCheckpoint(checkpoint if rank == 0 else None, saved['history'] if saved else None)
     record = dict(key=key, model=model, dataset=dataset_label(dataset), epochs=epochs, seed=seed, recipe=asdict(recipe), world_size=world_size,
-                  mixed_precision=hasattr(learn, 'bf16_autocast'), channels_last=hasattr(learn, 'channels_last'),
+                  mixed_precision=hasattr(learn, 'bf16_autocast'), channels_last=hasattr(learn, 'channels_last'), compiled=compile,
                   **environment(dls.device), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
     start, start_epoch = time.time(), len(run_checkpoint.history)
     try:
@@ -299,10 +332,11 @@ def saam_train(
     download:bool=True, # download CIFAR when its files are missing
     force:bool=False, # train again even if the run has a finished record
     cpu:bool=False, # train on the CPU even when a GPU is present
+    compile:bool=False, # compile the model with torch.compile (CUDA graphs on a GPU); the record notes it
 ):
     "Train one model with the paper's recipe (or skip a finished run) and print a one-line summary."
     record = train_run(model=model, dataset=dataset, epochs=epochs, seed=seed, results=results, data_dir=data_dir, recipe=Recipe(bs=bs),
-                       force=force, download=download, device='cpu' if cpu else None, mixed_precision=False if fp32 else None)
+                       force=force, download=download, device='cpu' if cpu else None, mixed_precision=False if fp32 else None, compile=compile)
     if rank_distrib() == 0: print(f"{record['key']}: top-1 {100 * record['top1']:.2f}% after {record['epochs']} epochs "
           f"in {record['wall_time_s']:.0f} s on {record['device']} -> {ResultsStore(results).path(record['key'])}")
 
@@ -331,3 +365,38 @@ def kill_at_first_checkpoint(
 def history_without_timings(history:list) -> list: # a record's `history`
     "A run's history without each epoch's `seconds`: what a resumed run and an uninterrupted one must share exactly."
     return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
+
+# %% ../nbs/04_train.ipynb #55cedc28
+@patch
+def new_empty(self:ImageTensors):
+    "The same kind of dataset with no images: what `Learner.export` saves in place of the data."
+    return ImageTensors(self.images[:0], self.labels[:0])
+
+@patch
+def create_batch(self:ImageTensorLoader, indices):
+    "One batch by one tensor index, or, over a list of unlabelled uint8 images (`DataLoaders.test_dl`, `Learner.predict`), their stack."
+    if isinstance(self.dataset, ImageTensors): return self.dataset[torch.as_tensor(indices)]
+    return (TensorImage(torch.stack([torch.as_tensor(self.dataset[i]) for i in indices])),)
+
+@patch
+def decode_batch(self:ImageTensorLoader, batch, max_n:int=9, full:bool=True):
+    "The first `max_n` samples of `batch`, decoded by the batch transforms (images back to pixels); `Learner.predict` asks for it."
+    return L(batch_to_samples(self.after_batch.decode(batch), max_n=max_n))
+
+# %% ../nbs/04_train.ipynb #69e8c891
+def load_run(
+    key:str, # a run key of the store, e.g. 'saam-1-20_cifar10-jpeg_e30_s0_14bedca5'
+    results:str|Path='results', # folder of the results store
+    dataset:str|Path|None=None, # the run's dataset by name or path; default the record's (an image folder's label is no path: pass it)
+    data_dir:str|Path|None=None, # where named datasets are found (see `saam_nb.data.data_root`)
+    device=None, # where to evaluate; default the GPU when there is one
+) -> Learner:
+    "A Learner with the final weights of a finished run, on the run's validation data, ready to `validate`, `get_preds` or `predict`."
+    store = ResultsStore(results)
+    record = store.get(key)
+    if record is None or record['status'] != 'finished': raise ValueError(f"key: no finished run {key!r} in {store.root}")
+    recipe = Recipe(**{**record['recipe'], 'milestones': tuple(record['recipe']['milestones'])})
+    dls = dataloaders(load_dataset(dataset or record['dataset'], data_dir), recipe.bs, device, recipe.augment)
+    learn = create_learner(record['model'], dls, recipe)
+    learn.model.load_state_dict(torch.load(store.weights_path(key), map_location=dls.device))
+    return learn
