@@ -11,7 +11,7 @@ __all__ = ['CIFAR_DATASETS', 'DOWNLOAD_TIMEOUT_S', 'IMAGE_SUFFIXES', 'IMAGE_FOLD
            'channel_stats', 'check_dataset', 'dataset_label', 'load_dataset', 'dataloaders']
 
 # %% ../nbs/03_data.ipynb #28ff582a
-import hashlib, io, os, pickle, socket, tarfile, time
+import contextlib, hashlib, io, os, pickle, socket, tarfile, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, CIFAR100
 from fastai.data.load import DataLoader
 from fastai.data.core import DataLoaders
-from fastai.torch_core import TensorImage, TensorCategory, default_device
+from fastai.torch_core import TensorImage, TensorCategory, default_device, batch_to_samples
+from fastcore.foundation import L
 from fasttransform import Transform
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fasttransform import Pipeline
@@ -312,21 +313,47 @@ def pad_crop_flip(
 class RandomPadCropFlip(Transform):
     "Training augmentation of the paper for a whole batch of uint8 images on their device: pad, random crop, random flip."
     order = 5  # before `IntToFloatTensor` (order 10): padding is zero in pixel space
+    split_idx = 0  # the training split only (and `Learner.tta`, which asks a validation loader for it)
     def __init__(self, padding:int=4): self.padding = padding # zero padding on each side
     def encodes(self, x:TensorImage):
         return TensorImage(pad_crop_flip(x, *sample_crop_flip(len(x), self.padding, x.device), padding=self.padding))
 
 # %% ../nbs/03_data.ipynb #62e2f6bf
 class ImageTensors:
-    "A dataset of images (N, C, H, W) uint8 and labels (N,), indexable like a fastai dataset."
-    def __init__(self, images:torch.Tensor, labels:torch.Tensor): self.images, self.labels = images, labels
+    "A dataset of images (N, C, H, W) uint8 and labels (N,), indexable like a fastai dataset; `split_idx` picks the batch transforms that apply to it."
+    def __init__(self,
+        images:torch.Tensor, # uint8 (N, C, H, W)
+        labels:torch.Tensor, # int64 (N,)
+        split_idx:int|None=None, # 0: the training split (augmented), 1: the validation split, as fastai numbers them
+    ): self.images, self.labels, self.split_idx = images, labels, split_idx
     def __len__(self): return len(self.labels)
     def __getitem__(self, index): return TensorImage(self.images[index]), TensorCategory(self.labels[index])
 
+    def new_empty(self):
+        "The same kind of dataset with no images: what `Learner.export` saves in place of the data."
+        return ImageTensors(self.images[:0], self.labels[:0], self.split_idx)
+
+    @contextlib.contextmanager
+    def set_split_idx(self, split_idx:int): # 0: apply the training split's transforms meanwhile (`Learner.tta` asks for it)
+        "Treat the dataset as split `split_idx` inside the `with` block, as fastai's `Datasets.set_split_idx` does."
+        previous, self.split_idx = self.split_idx, split_idx
+        try: yield self
+        finally: self.split_idx = previous
+
 class ImageTensorLoader(DataLoader):
-    "A fastai `DataLoader` over `ImageTensors` that builds each batch with one tensor index."
+    "A fastai `DataLoader` over `ImageTensors` that builds each batch with one tensor index and applies the batch transforms of its dataset's split."
     def create_item(self, index): return index
-    def create_batch(self, indices): return self.dataset[torch.as_tensor(indices)]
+    def create_batch(self, indices):
+        "One batch by one tensor index, or, over a list of unlabelled uint8 images (`DataLoaders.test_dl`, `Learner.predict`), their stack."
+        if isinstance(self.dataset, ImageTensors): return self.dataset[torch.as_tensor(indices)]
+        return (TensorImage(torch.stack([torch.as_tensor(self.dataset[i]) for i in indices])),)
+    def before_iter(self):
+        super().before_iter()
+        if hasattr(self.dataset, 'split_idx'): self.after_batch.split_idx = self.dataset.split_idx  # as fastai's TfmdDL does
+    def decode_batch(self, batch, max_n:int=9, full:bool=True):
+        "The first `max_n` samples of `batch`, decoded by the batch transforms (images back to pixels); `Learner.predict` asks for it."
+        return L(batch_to_samples(self.after_batch.decode(batch), max_n=max_n))
+
 
 # %% ../nbs/03_data.ipynb #c6adbe27
 def channel_stats(images:torch.Tensor) -> tuple: # uint8 images (N, C, H, W)
@@ -371,10 +398,10 @@ def dataloaders(
     if not isinstance(bs, int) or bs < 1: raise ValueError(f"bs: expected an integer >= 1, got {bs!r}")
     device = default_device() if device is None else torch.device(device)
     normalize = Normalize.from_stats(*channel_stats(data['train'][0]), cuda=False)
-    train_tfms = ([RandomPadCropFlip()] if augment else []) + [IntToFloatTensor(), normalize]
+    tfms = ([RandomPadCropFlip()] if augment else []) + [IntToFloatTensor(), normalize]  # the augmentation applies to split 0 only
     on_device = {split: [t.to(device) for t in data[split]] for split in ('train', 'valid')}  # one copy to the GPU, not one per batch
-    train = ImageTensorLoader(ImageTensors(*on_device['train']), bs=bs, shuffle=True, after_batch=Pipeline(train_tfms), device=device)
-    valid = ImageTensorLoader(ImageTensors(*on_device['valid']), bs=2 * bs, after_batch=Pipeline([IntToFloatTensor(), normalize]), device=device)
+    train = ImageTensorLoader(ImageTensors(*on_device['train'], split_idx=0), bs=bs, shuffle=True, after_batch=Pipeline(tfms, split_idx=0), device=device)
+    valid = ImageTensorLoader(ImageTensors(*on_device['valid'], split_idx=1), bs=2 * bs, after_batch=Pipeline(tfms, split_idx=1), device=device)
     dls = DataLoaders(train, valid, device=device)
     dls.c = data['classes']
     return dls

@@ -17,9 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import fastai
-from fastcore.basics import patch
-from fastcore.foundation import L
-from fastai.torch_core import TensorImage, batch_to_samples
 from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
@@ -32,7 +29,7 @@ import saam_nb
 from .attention import attention_parameters
 from .resnet import canonical_model_name, create_model
 from .knobs import check_int, check_folder, check_writable, command
-from .data import ImageTensors, ImageTensorLoader, check_dataset, dataset_label, load_dataset, dataloaders
+from .data import check_dataset, dataset_label, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
 
 # %% ../nbs/04_train.ipynb #64951df5
@@ -365,23 +362,6 @@ def kill_at_first_checkpoint(
 def history_without_timings(history:list) -> list: # a record's `history`
     "A run's history without each epoch's `seconds`: what a resumed run and an uninterrupted one must share exactly."
     return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
-
-# %% ../nbs/04_train.ipynb #55cedc28
-@patch
-def new_empty(self:ImageTensors):
-    "The same kind of dataset with no images: what `Learner.export` saves in place of the data."
-    return ImageTensors(self.images[:0], self.labels[:0])
-
-@patch
-def create_batch(self:ImageTensorLoader, indices):
-    "One batch by one tensor index, or, over a list of unlabelled uint8 images (`DataLoaders.test_dl`, `Learner.predict`), their stack."
-    if isinstance(self.dataset, ImageTensors): return self.dataset[torch.as_tensor(indices)]
-    return (TensorImage(torch.stack([torch.as_tensor(self.dataset[i]) for i in indices])),)
-
-@patch
-def decode_batch(self:ImageTensorLoader, batch, max_n:int=9, full:bool=True):
-    "The first `max_n` samples of `batch`, decoded by the batch transforms (images back to pixels); `Learner.predict` asks for it."
-    return L(batch_to_samples(self.after_batch.decode(batch), max_n=max_n))
 
 # %% ../nbs/04_train.ipynb #69e8c891
 def load_run(
