@@ -18,9 +18,8 @@ import fastai
 import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, bf16_supported, device_name, history_without_timings, kill_at_first_checkpoint
-from saam_nb.store import ResultsStore, run_key, atomic_write
-from saam_nb.train import create_learner
+from saam_nb.train import Recipe, bf16_supported, canonical_run_key, device_name, history_without_timings, kill_at_first_checkpoint
+from saam_nb.store import ResultsStore, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
 from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
 
@@ -213,7 +212,7 @@ def kill_and_resume(device:torch.device) -> dict:
                 (record,) = store.records()
                 return record
             killed = ResultsStore(Path(folder)/'killed')
-            checkpoint = killed.checkpoint_path(run_key(**RESUME_RUN, recipe=Recipe(bs=RESUME_BS)))
+            checkpoint = killed.checkpoint_path(canonical_run_key(**RESUME_RUN, recipe=Recipe(bs=RESUME_BS)))
             killed_after_epoch = kill_at_first_checkpoint(train_command(killed), checkpoint, Path(folder)/'killed.log')
             records_after_kill = len(killed.records())
             resumed, uninterrupted = finish(killed), finish(ResultsStore(Path(folder)/'uninterrupted'))

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 import matplotlib.pyplot as plt
 from scipy import stats
-from .resnet import model_name
+from .resnet import canonical_model_name, model_name
 from .paper import PAPER_TOP1, TABLE_ROWS
 from .ablation import summarize
 
@@ -47,8 +47,9 @@ def paired_difference(
     epochs:int, # keep runs of this many epochs
     recipe_id:str|None=None, # keep runs of this recipe (`Recipe.id()`)
 ) -> dict: # seeds, differences (points of top-1 %), mean, their sample std `sd`, 95% interval (None for fewer than 2 pairs), n
-    "Top-1 of `model` minus top-1 of `baseline`, seed by seed over the seeds both have finished, with a 95% t-interval of the mean."
-    def top1(name): return {r['seed']: 100 * r['top1'] for r in records if r['status'] == 'finished' and r['model'] == name
+    "Top-1 of `model` minus top-1 of `baseline` (any spelling of either), seed by seed over the seeds both have finished, with a 95% t-interval of the mean."
+    model, baseline = canonical_model_name(model), canonical_model_name(baseline)
+    def top1(name): return {r['seed']: 100 * r['top1'] for r in records if r['status'] == 'finished' and canonical_model_name(r['model']) == name
                             and r['dataset'] == dataset and r['epochs'] == epochs and (recipe_id is None or r['key'].endswith(recipe_id))}
     ours, theirs = top1(model), top1(baseline)
     seeds = sorted(set(ours) & set(theirs))
@@ -183,7 +184,7 @@ def plot_validation_curves(
     fig, axes = plt.subplots(1, 2 if zoom_last else 1, figsize=(11 if zoom_last else 7, 4.2), squeeze=False)
     ax, drops = axes[0, 0], set()
     for model in models:
-        runs = [r['history'] for r in records if r['status'] == 'finished' and r['model'] == model and r['dataset'] == dataset and r['epochs'] == epochs]
+        runs = [r['history'] for r in records if r['status'] == 'finished' and canonical_model_name(r['model']) == canonical_model_name(model) and r['dataset'] == dataset and r['epochs'] == epochs]
         if not runs: continue
         curve = [100 * sum(h[e]['accuracy'] for h in runs) / len(runs) for e in range(epochs)]
         line, = ax.plot(range(1, epochs + 1), curve, label=f"{model} ({len(runs)} seed{'s' * (len(runs) > 1)})")
@@ -251,7 +252,7 @@ def claims_table(
     "One row per claim of the paper and setting we tested it in (dataset, schedule), with our paired difference and a verdict; built from the records."
     rows = []
     for claim, model, baseline, direction in CLAIMS:
-        settings = sorted({(r['dataset'], r['epochs']) for r in records if r['status'] == 'finished' and r['model'] == model})
+        settings = sorted({(r['dataset'], r['epochs']) for r in records if r['status'] == 'finished' and canonical_model_name(r['model']) == model})
         tested = [(d, e, paired_difference(records, model, baseline, d, e, recipe_id)) for d, e in settings]
         tested = [(d, e, diff) for d, e, diff in tested if diff['n']]
         for dataset, epochs, diff in tested:
