@@ -18,7 +18,7 @@ import fastai
 import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, bf16_supported, canonical_run_key, device_name, history_without_timings, kill_at_first_checkpoint
+from saam_nb.train import Recipe, bf16_supported, canonical_run_key, create_learner, device_name, history_without_timings, kill_at_first_checkpoint
 from saam_nb.store import ResultsStore, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
 from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
