@@ -265,7 +265,7 @@ def environment(device) -> dict: # the training device
 
 def train_run(
     model:str, # paper-style model name, e.g. 'saam-1-20'
-    dataset:str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'digits', or the path of an image folder (.tar/.tar.gz)
+    dataset:str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'cifar100-rebuilt', 'digits', or the path of an image folder (.tar/.tar.gz)
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
     results:str|Path='results', # folder of the results store (records, checkpoints, final weights)
@@ -319,10 +319,10 @@ def train_run(
 @command
 def saam_train(
     model:str='saam-1-20', # paper-style model name: resnet-D, se-1-D, se-2-D, cbam-2-D, saam-K-D
-    dataset:str='cifar100', # cifar10, cifar100, cifar10-jpeg, digits, or the path of an image folder (.tar/.tar.gz)
+    dataset:str='cifar100', # cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, digits, or the path of an image folder (.tar/.tar.gz)
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
-    data_dir:str=None, # folder that holds cifar-10-batches-py/, cifar-100-python/ or cifar10-jpeg(.tar.gz); default $SAAM_DATA or ~/.cache/saam_nb
+    data_dir:str=None, # folder that holds cifar-10-batches-py/, cifar-100-python/, cifar10-jpeg(.tar.gz) or cifar100-rebuilt(.tar.gz); default $SAAM_DATA or ~/.cache/saam_nb
     results:str='results', # folder of the results store
     bs:int=128, # batch size
     fp32:bool=False, # train in float32 (default: bf16 autocast where the device has native bf16)
