@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt
 from scipy import stats
 from .resnet import canonical_model_name, model_name
 from .paper import PAPER_TOP1, TABLE_ROWS
-from .ablation import summarize
 
 # %% ../nbs/06_comparison.ipynb #e7714778
 def accuracy_table(
@@ -158,17 +157,15 @@ def differences_table(comparisons:list) -> pd.DataFrame: # from `compare_pairs`
 
 # %% ../nbs/06_comparison.ipynb #e4e69389
 def setting_table(
-    records:list, # run records from a `ResultsStore`
+    summaries:dict, # one column of ours per schedule: {epochs: `saam_nb.ablation.summarize(records, epochs, recipe)`}, e.g. for 30 and 182
     dataset:str, # our dataset label, e.g. 'cifar100-rebuilt'
-    epochs:list, # one column of ours per schedule length, e.g. [30, 182]
     depth:int=20, # the ResNet depth
-    recipe=None, # keep runs of this recipe (a `Recipe`; None: any)
 ) -> pd.DataFrame:
     "Our top-1 (mean ± std (runs)) per attention type and schedule on one dataset and depth, beside the paper's 182-epoch number on its dataset."
     paper_dataset = PAPER_DATASET.get(dataset)
-    columns = {e: accuracy_table(summarize(records, e, recipe), dataset, [depth], paper_dataset) for e in epochs}
+    columns = {e: accuracy_table(summary, dataset, [depth], paper_dataset) for e, summary in summaries.items()}
     table = pd.DataFrame({f'ours: {dataset}, {e} epochs': t[f'ResNet-{depth}'] for e, t in columns.items()})
-    if paper_dataset: table[f'paper: {PAPER_NAMES[paper_dataset]}, {PAPER_EPOCHS} epochs'] = columns[epochs[0]][f'paper {depth}']
+    if paper_dataset: table[f'paper: {PAPER_NAMES[paper_dataset]}, {PAPER_EPOCHS} epochs'] = next(iter(columns.values()))[f'paper {depth}']
     return table.rename_axis(f'ResNet-{depth}')
 
 # %% ../nbs/06_comparison.ipynb #53537bcc

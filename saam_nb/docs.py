@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PAGE', 'SITE_CSS', 'front_matter', 'processed_notebook', 'as_nbformat', 'unlink_code_blocks', 'local_doc_links',
-           'notebook_markdown', 'render_readme', 'heading_id', 'SiteRenderer', 'pandoc_links_to_html', 'SiteExporter',
-           'apply_cell_options', 'relink', 'link_local_files', 'page_html', 'build_site', 'build_docs', 'import_graph',
-           'import_layers', 'plot_import_graph']
+           'apply_cell_options', 'notebook_markdown', 'render_readme', 'heading_id', 'SiteRenderer',
+           'pandoc_links_to_html', 'SiteExporter', 'relink', 'link_local_files', 'page_html', 'build_site',
+           'build_docs', 'import_graph', 'import_layers', 'plot_import_graph']
 
 # %% ../nbs/10_docs.ipynb #47f57d87
 import html, json, os, re, shutil
@@ -71,10 +71,25 @@ def local_doc_links(
     "`markdown` with its links into the published site pointed at the same pages in `docs`."
     return markdown.replace(f"]({site_url.rstrip('/')}/", f']({docs}/')
 
+# %% ../nbs/10_docs.ipynb #ae261513
+def apply_cell_options(nb): # a notebook as nbformat reads it; changed in place
+    "`nb` without the cells, sources and outputs that Quarto's `include`, `echo` and `output: false` hide."
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == 'code':
+            options = {key.rstrip(':'): values[0] for key, values in extract_directives(cell, remove=False).items() if values}
+            cell.source = re.sub(r'\A(#\|.*\n?)+', '', cell.source)
+            if options.get('include') == 'false': continue
+            if options.get('echo') == 'false': cell.metadata['transient'] = {'remove_source': True}
+            if options.get('output') == 'false': cell.outputs = []
+        cells.append(cell)
+    nb.cells = cells
+    return nb
+
 # %% ../nbs/10_docs.ipynb #adb19a03
 def notebook_markdown(nb, meta:dict) -> str: # a processed notebook and its front matter
-    "GitHub-flavoured markdown of a processed notebook, its title and description first."
-    body, _ = MarkdownExporter().from_notebook_node(as_nbformat(nb))
+    "GitHub-flavoured markdown of a processed notebook, its title and description first, without what `echo`, `output` and `include: false` hide."
+    body, _ = MarkdownExporter().from_notebook_node(apply_cell_options(as_nbformat(nb)))
     head = f"# {meta['title']}\n\n" if 'title' in meta else ''
     if 'description' in meta: head += f"> {meta['description']}\n\n"
     return head + unlink_code_blocks(body).strip() + '\n'
@@ -134,21 +149,6 @@ class SiteExporter(HTMLExporter):
         "A markdown cell or output as HTML."
         renderer = SiteRenderer(escape=False, attachments=context.get('cell', {}).get('attachments', {}))
         return MarkdownWithMath(renderer=renderer).render(pandoc_links_to_html(unlink_code_blocks(source)))
-
-# %% ../nbs/10_docs.ipynb #ae261513
-def apply_cell_options(nb): # a notebook as nbformat reads it; changed in place
-    "`nb` without the cells, sources and outputs that Quarto's `include`, `echo` and `output: false` hide."
-    cells = []
-    for cell in nb.cells:
-        if cell.cell_type == 'code':
-            options = {key.rstrip(':'): values[0] for key, values in extract_directives(cell, remove=False).items() if values}
-            cell.source = re.sub(r'\A(#\|.*\n?)+', '', cell.source)
-            if options.get('include') == 'false': continue
-            if options.get('echo') == 'false': cell.metadata['transient'] = {'remove_source': True}
-            if options.get('output') == 'false': cell.outputs = []
-        cells.append(cell)
-    nb.cells = cells
-    return nb
 
 # %% ../nbs/10_docs.ipynb #492ef940
 def relink(
