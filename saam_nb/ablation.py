@@ -13,7 +13,7 @@ from fastprogress.fastprogress import progress_bar
 from .knobs import check_int, check_ints, check_names, check_folder, check_writable
 from .paper import PAPER_FIG3
 from .resnet import canonical_model_name, check_depth, parse_model_name
-from .data import check_dataset
+from .data import check_dataset, dataset_label
 from .store import project_root
 from .train import Recipe, train_run
 
