@@ -1,7 +1,7 @@
 """What the attention modules cost: training-step time, inference time, operator calls and peak memory of ResNet-20
 with each module, relative to the plain ResNet-20 and to SE-1-20, on two paths measured side by side: the fast path
-(bf16 autocast and channels_last wherever the device computes bf16 natively, as `saam_nb.train.create_learner`
-trains) and fp32 NCHW, with the speed-up of one over the other. Then the throughput of the fastai training path
+(as `saam_nb.train.create_learner` trains: bf16 autocast wherever the device computes bf16 natively, channels_last
+there and on every CPU) and fp32 NCHW, with the speed-up of one over the other. Then the throughput of the fastai training path
 against a plain PyTorch loop, and a whole CIFAR-shaped ResNet-20 epoch through fastai on the fast path.
 
 Every measurement interleaves the candidates (one step of each model on each path in turn, `--repeats` times) so that
@@ -18,7 +18,7 @@ from torch.profiler import profile, ProfilerActivity, record_function
 from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
-from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, bf16_supported, device_name
+from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, bf16_supported, fast_path, device_name
 from saam_nb.knobs import check_int, check_writable, command
 
 # attention type -> model name; the first is the baseline of the `_vs_resnet` ratios, SE-1 that of `_vs_se`
@@ -47,10 +47,10 @@ def check_device(device:str) -> torch.device:
 
 
 def benchmark_paths(device:torch.device, bf16:bool=False, channels_last:bool=False) -> dict:
-    "The two paths: 'fast' as `create_learner` trains on `device` (bf16 autocast and channels_last where it computes bf16 natively), 'fp32' in NCHW."
-    native = bf16_supported(device)
-    if bf16 and not native: raise ValueError(f"bf16: {device} has no native bf16 (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)")
-    return dict(fast=dict(bf16=native, channels_last=native or channels_last), fp32=dict(bf16=False, channels_last=False))
+    "The two paths: 'fast' as `create_learner` trains on `device` (`fast_path`: bf16 autocast where it computes bf16 natively, channels_last there and on CPUs), 'fp32' in NCHW."
+    fast = fast_path(device)
+    if bf16 and not fast['bf16']: raise ValueError(f"bf16: {device} has no native bf16 (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX)")
+    return dict(fast=dict(fast, channels_last=fast['channels_last'] or channels_last), fp32=dict(bf16=False, channels_last=False))
 
 
 def path_label(path:dict) -> str: return f"{'bf16 autocast' if path['bf16'] else 'fp32'}, {'channels_last' if path['channels_last'] else 'NCHW'}"
@@ -439,7 +439,7 @@ def run_name(device:torch.device, fast:dict, bs:int, quick:bool) -> str:
 def bench_attention(
     device:str='cpu', # 'cpu' or 'cuda'
     bf16:bool=False, # insist on bf16 autocast on the fast path: stop where the device has no native bf16 (without this flag the fast path uses it wherever the device has it)
-    channels_last:bool=False, # channels_last on the fast path even where the device has no native bf16 (without this flag it goes with bf16)
+    channels_last:bool=False, # channels_last on the fast path even where `fast_path` keeps NCHW (a GPU without native bf16)
     bs:int=128, # batch size
     repeats:int=41, # timed steps of every model on each path (interleaved); medians are reported
     warmup:int=3, # untimed steps of every model first, and untimed batches before the epoch

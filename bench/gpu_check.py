@@ -7,8 +7,8 @@ is SIGKILLed part-way and started again ends exactly like one that never stopped
 
 It needs no network and no data files (the images are synthetic, CIFAR-shaped uint8), writes one JSON record to
 `--out` (rewritten after every result, so that a run cut off by a time limit keeps what it measured) and prints a
-markdown table. It trains as the library does: bf16 autocast and channels_last wherever the device computes bf16
-natively (`saam_nb.train.bf16_supported`, CPUs with AVX512-BF16 or AMX too), fp32 NCHW elsewhere; the record says
+markdown table. It trains as the library does (`saam_nb.train.fast_path`): bf16 autocast wherever the device computes
+bf16 natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), channels_last there and on every CPU; the record says
 which. Run `python bench/gpu_check.py --help`.
 """
 import json, os, platform, shutil, statistics, subprocess, sys, tempfile, time
@@ -18,7 +18,7 @@ import fastai
 import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, bf16_supported, canonical_run_key, create_learner, device_name, history_without_timings, kill_at_first_checkpoint
+from saam_nb.train import Recipe, fast_path, canonical_run_key, create_learner, device_name, history_without_timings, kill_at_first_checkpoint
 from saam_nb.store import ResultsStore, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
 from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
@@ -53,17 +53,17 @@ def check_loops(loops) -> list:
     return [loop for loop in LOOPS if loop in names]
 
 
-def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, device:torch.device, fast:bool) -> dict:
-    "Seconds of `PlainLoop`'s training epoch and validation pass (bf16 autocast and channels_last if `fast`), after both ran untimed on `warmup`."
+def plain_epoch(model:torch.nn.Module, data:dict, warmup:dict, recipe:Recipe, device:torch.device, path:dict) -> dict:
+    "Seconds of `PlainLoop`'s training epoch and validation pass (on `path`, as `fast_path` gives it), after both ran untimed on `warmup`."
     for part in (warmup, data):
-        loop = PlainLoop(model, part, recipe, device, bf16=fast, channels_last=fast)
+        loop = PlainLoop(model, part, recipe, device, **path)
         train_s, valid_s = timed(loop.train_epoch, device), timed(loop.validate, device)
     return dict(epoch_s=train_s + valid_s, train_s=train_s, valid_s=valid_s, train_images=len(data['train'][1]))
 
 
 def epoch_times(
     names:list, loops:list, data:dict, recipe:Recipe, device:torch.device, # the models, the loops of `LOOPS`, the images, the training and where it runs
-    fast:bool, # bf16 autocast and channels_last
+    path:dict, # bf16 autocast and channels_last, as `fast_path` gives them
     warmup:int, seed:int, # untimed batches first; the seed of every model's weights
     on_row, # called with the rows so far after each one, to save them
 ) -> list:
@@ -79,8 +79,9 @@ def epoch_times(
             model = create_model(name, data['classes'])
             row = dict(model=name, loop=loop)
             try:
-                times = (plain_epoch(model, data, warm, recipe, device, fast) if loop == 'plain' else
-                         fastai_epoch(model, dls, warmup_dls, recipe, mixed_precision=fast, channels_last=fast, compile=loop == 'fastai-compiled'))
+                times = (plain_epoch(model, data, warm, recipe, device, path) if loop == 'plain' else
+                         fastai_epoch(model, dls, warmup_dls, recipe, mixed_precision=path['bf16'], channels_last=path['channels_last'],
+                                      compile=loop == 'fastai-compiled'))
                 row.update(times, train_images_per_s=times['train_images'] / times['train_s'])
             except Exception as e: row['error'] = f'{type(e).__name__}: {e}'  # recorded, printed and turned into exit status 1
             rows.append(row)
@@ -102,11 +103,11 @@ def sweep_worker(spec:dict):
     model = create_model(spec['model'], data['classes'])
     warm = dataloaders(warmup_data(data, spec['warmup'], spec['bs'], 2 * spec['bs']), spec['bs'], device)
     dls = dataloaders(data, spec['bs'], device)
-    learn = create_learner(model, warm, recipe, spec['fast'], spec['fast'])
+    learn = create_learner(model, warm, recipe, spec['path']['bf16'], spec['path']['channels_last'])
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     (folder/f'ready_{index}').touch()
     while not (folder/'go').exists(): time.sleep(0.01)
-    learn, timer = create_learner(model, dls, recipe, spec['fast'], spec['fast']), TrainPhaseTimer()
+    learn, timer = create_learner(model, dls, recipe, spec['path']['bf16'], spec['path']['channels_last']), TrainPhaseTimer()
     with learn.no_bar(), learn.no_logging(): learn.fit(1, cbs=timer)
     result = dict(model=spec['model'], steps=timer.batches[0], train_s=timer.seconds[0], start=timer.spans[0][0], end=timer.spans[0][1])
     (folder/f'result_{index}.json').write_text(json.dumps(result))
@@ -133,7 +134,7 @@ def stop_mps(env:dict):
 def sweep_throughput(
     processes:int, models:list, # how many training processes share the device; their models, given in turn
     steps:int, warmup:int, bs:int, seed:int, # timed and untimed batches of each process, its batch size, the seed of the weights (and, plus its index, of its data)
-    device:torch.device, fast:bool, # where they train; bf16 autocast and channels_last
+    device:torch.device, path:dict, # where they train; bf16 autocast and channels_last, as `fast_path` gives them
     env:dict, # the processes' environment (MPS's, where it runs)
     timeout_s:float=900, # the longest the processes may take to warm up, and then to train
 ) -> dict:
@@ -145,7 +146,7 @@ def sweep_throughput(
         folder, workers = Path(folder), []
         try:
             for index, model in enumerate(result['models']):
-                spec = dict(model=model, steps=steps, warmup=warmup, bs=bs, seed=seed, device=device.type, fast=fast, folder=str(folder), index=index, threads=1)
+                spec = dict(model=model, steps=steps, warmup=warmup, bs=bs, seed=seed, device=device.type, path=path, folder=str(folder), index=index, threads=1)
                 log = open(folder/f'log_{index}.txt', 'w')
                 workers.append(subprocess.Popen([sys.executable, '-c', code, json.dumps(spec)], env=dict(env, OMP_NUM_THREADS='1'), stdout=log, stderr=subprocess.STDOUT))
             def wait_for(done, what):
@@ -172,14 +173,14 @@ def sweep_throughput(
     return result
 
 
-def sweep_check(counts:list, models:list, steps:int, warmup:int, bs:int, seed:int, device:torch.device, fast:bool, on_result) -> list:
+def sweep_check(counts:list, models:list, steps:int, warmup:int, bs:int, seed:int, device:torch.device, path:dict, on_result) -> list:
     "`sweep_throughput` for each process count of `counts`, under one MPS daemon on a GPU that has it; `on_result` is called with the results so far after each."
     results = []
     with tempfile.TemporaryDirectory() as folder:
         env = start_mps(Path(folder)) if device.type == 'cuda' else None
         try:
             for processes in counts:
-                results.append(sweep_throughput(processes, models, steps, warmup, bs, seed, device, fast, env or dict(os.environ)))
+                results.append(sweep_throughput(processes, models, steps, warmup, bs, seed, device, path, env or dict(os.environ)))
                 row = results[-1]
                 print(f"  {processes:>3} processes{' (MPS)' if row['mps'] else ''}: " +
                       (f"{row['steps_per_s']:.1f} steps/s" if 'steps_per_s' in row else row['error']), flush=True)
@@ -241,13 +242,13 @@ def resume_summary(result:dict) -> str:
                'FAILED: ' + ', '.join(failed) + repeatable.get(result.get('uninterrupted_repeatable'), '')))
 
 
-def environment(device:torch.device, fast:bool) -> dict:
+def environment(device:torch.device, path:dict) -> dict:
     "The machine, the libraries, the precision and the memory format, for the record."
     gpu = device.type == 'cuda'
     return dict(device=device_name(device), cpus=os.cpu_count(), threads=torch.get_num_threads(),
                 torch=torch.__version__, cuda=torch.version.cuda if gpu else None, cudnn=torch.backends.cudnn.version() if gpu else None,
                 fastai=fastai.__version__, saam_nb=saam_nb.__version__, python=platform.python_version(),
-                precision='bf16 autocast' if fast else 'fp32', memory_format='channels_last' if fast else 'contiguous')
+                precision='bf16 autocast' if path['bf16'] else 'fp32', memory_format='channels_last' if path['channels_last'] else 'contiguous')
 
 
 def markdown_table(rows:list) -> str:
@@ -298,9 +299,9 @@ def target_checks(rows:list, sweep:list) -> list:
     return checks
 
 
-def record_name(device:torch.device, fast:bool, depths:list, deterministic:bool, quick:bool) -> str:
+def record_name(device:torch.device, bf16:bool, depths:list, deterministic:bool, quick:bool) -> str:
     "The file name of a configuration, so that runs of different configurations (two calls that split the depths among them) never overwrite each other."
-    parts = (['gpu_check', device.type, 'bf16' if fast else 'fp32', 'd' + '-'.join(map(str, depths))]
+    parts = (['gpu_check', device.type, 'bf16' if bf16 else 'fp32', 'd' + '-'.join(map(str, depths))]
              + [flag for flag, on in (('deterministic', deterministic), ('quick', quick)) if on])
     return '_'.join(parts) + '.json'
 
@@ -341,12 +342,12 @@ def gpu_check(
     for name in sweep_names:
         try: parse_model_name(name)
         except ValueError as e: raise ValueError(f"sweep_models: {e}") from None
-    fast = bf16_supported(device)  # bf16 autocast and channels_last, as the library trains on this device
+    fast = fast_path(device)  # bf16 autocast and channels_last, as the library trains on this device
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
     config = dict(device=device.type, models=names, loops=loops, bs=bs, valid_bs=2 * bs, train=train, valid=valid, warmup_batches=warmup,
                   sweep=counts, sweep_models=sweep_names, sweep_steps=sweep_steps, deterministic=deterministic, seed=seed, quick=quick)
     print(' '.join(f'{k}={v}' for k, v in config.items()), flush=True)
-    start, path = time.perf_counter(), folder/record_name(device, fast, check_ints('depths', depths, 1), deterministic, quick)
+    start, path = time.perf_counter(), folder/record_name(device, fast['bf16'], check_ints('depths', depths, 1), deterministic, quick)
     record = dict(config=config, environment=environment(device, fast), epochs=[], sweep=[], targets=[], resume=None, complete=False)
     def save(**parts):
         record.update(parts, total_s=time.perf_counter() - start)
