@@ -390,8 +390,8 @@ def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
 def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None,
                  compile:bool=False) -> dict:
     "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision, layout and compilation as `create_learner` takes them."
-    for loaders in (warmup_dls, dls):
-        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last, compile=compile), TrainPhaseTimer()
+    for loaders in (warmup_dls, dls):  # `compile` compiles the model in place, once: the timed epoch reuses the warm-up's graphs
+        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last, compile=compile and loaders is warmup_dls), TrainPhaseTimer()
         with learn.no_bar(), learn.no_logging(): seconds = timed(lambda: learn.fit(1, cbs=timer), loaders.device)
     # what is not training is the validation pass and fit's own set-up
     return dict(epoch_s=seconds, train_s=timer.seconds[0], valid_s=seconds - timer.seconds[0], train_images=timer.images[0])
