@@ -6,7 +6,7 @@
 __all__ = ['atomic_write', 'run_key', 'ResultsStore', 'project_root']
 
 # %% ../nbs/02a_store.ipynb #0d6f1193
-import json, os, tempfile
+import json, os, tempfile, time
 from pathlib import Path
 
 # %% ../nbs/02a_store.ipynb #5284d386
@@ -46,6 +46,13 @@ class ResultsStore:
     def put(self, record:dict) -> Path:
         "Write `record` under its key, atomically."
         return atomic_write(self.path(record['key']), lambda f: f.write(json.dumps(record, indent=1).encode()))
+    def add_note(self, key:str, text:str) -> dict: # a run key of the store; what its numbers alone do not say
+        "Append `text`, with the time, to the `notes` of `key`'s record and rewrite it atomically; a `KeyError` naming the key if there is no record."
+        record = self.get(key)
+        if record is None: raise KeyError(f"key: no record {key!r} in {self.root}")
+        record.setdefault('notes', []).append(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S'), text=text))
+        self.put(record)
+        return record
     def records(self) -> list:
         "Every record in the store."
         return [json.loads(p.read_text()) for p in sorted(self.root.glob('*.json'))]
