@@ -298,18 +298,24 @@ def synthetic_cifar(images:int, seed:int, valid:int|None=None) -> dict:
 
 
 class TrainPhaseTimer(Callback):
-    "Wall-clock seconds, images and batches of the training phase of every epoch (validation excluded), and when it began and ended (`time.time()`)."
+    "Wall-clock seconds, images and batches of the training phase of every epoch (validation excluded), when it began and ended (`time.time()`), and the seconds of every whole epoch."
     order = -20  # before every other callback, so the times include theirs
-    def __init__(self): self.seconds, self.images, self.batches, self.spans = [], [], [], []
+    def __init__(self): self.seconds, self.images, self.batches, self.spans, self.epoch_seconds = [], [], [], [], []
+    def before_epoch(self):
+        synchronize(self.dls.device)
+        self.epoch_start = time.perf_counter()
     def before_train(self):
         synchronize(self.dls.device)
         self.start, self.start_time, self.count, self.steps = time.perf_counter(), time.time(), 0, 0
     def after_batch(self):
-        if self.training: self.count += len(self.yb[0]); self.steps += 1
+        if self.training: self.count += len(self.xb[0]); self.steps += 1  # xb: the graphed engine clears yb
     def after_train(self):
         synchronize(self.dls.device)
         self.seconds.append(time.perf_counter() - self.start); self.images.append(self.count); self.batches.append(self.steps)
         self.spans.append((self.start_time, time.time()))  # comparable across processes, unlike perf_counter
+    def after_epoch(self):
+        synchronize(self.dls.device)
+        self.epoch_seconds.append(time.perf_counter() - self.epoch_start)
 
 
 class PlainLoop:
@@ -392,13 +398,17 @@ def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
 
 
 def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None,
-                 compile:bool=False) -> dict:
-    "Seconds of `create_learner(model, dls).fit(1)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision, layout and compilation as `create_learner` takes them."
-    for loaders in (warmup_dls, dls):  # `compile` compiles the model in place, once: the timed epoch reuses the warm-up's graphs
-        learn, timer = create_learner(model, loaders, recipe, mixed_precision, channels_last, compile=compile and loaders is warmup_dls), TrainPhaseTimer()
-        with learn.no_bar(), learn.no_logging(): seconds = timed(lambda: learn.fit(1, cbs=timer), loaders.device)
-    # what is not training is the validation pass and fit's own set-up
-    return dict(epoch_s=seconds, train_s=timer.seconds[0], valid_s=seconds - timer.seconds[0], train_images=timer.images[0])
+                 engine:str|None=None, epochs:int=1) -> dict:
+    "Seconds of the last of `epochs` epochs of `create_learner(model, dls, engine=engine).fit(epochs)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision, layout and engine as `create_learner` takes them."
+    # `compiled` compiles the model in place, once: the timed epochs reuse the warm-up's graphs. `graphed` captures
+    # per Learner, after two eager batches of each shape: only its third epoch replays every batch, the last one included
+    for loaders, n in ((warmup_dls, 1), (dls, epochs)):
+        learn = create_learner(model, loaders, recipe, mixed_precision, channels_last,
+                               engine='eager' if engine == 'compiled' and loaders is dls else engine)
+        timer = TrainPhaseTimer()
+        with learn.no_bar(), learn.no_logging(): learn.fit(n, cbs=timer)
+    # what is not training is the validation pass and the epoch's own set-up
+    return dict(epoch_s=timer.epoch_seconds[-1], train_s=timer.seconds[-1], valid_s=timer.epoch_seconds[-1] - timer.seconds[-1], train_images=timer.images[-1])
 
 
 def epoch_check(train:int, valid:int, warmup:int, path:dict, bs:int, seed:int, device:torch.device) -> dict:

@@ -6,7 +6,7 @@
 __all__ = ['train_command', 'sweep_key', 'check_runs', 'canonical_runs', 'unfinished', 'run_sweep', 'saam_sweep']
 
 # %% ../nbs/11_sweep.ipynb #18d1f26c
-import os, subprocess, sys, time
+import os, signal, subprocess, sys, time
 from functools import partial
 from pathlib import Path
 from fastprogress.fastprogress import progress_bar
@@ -15,7 +15,8 @@ from .paper import paper_runs
 from .resnet import canonical_model_name
 from .data import dataset_label
 from .store import ResultsStore
-from .train import Recipe, canonical_run_key, check_run_args
+from .train import STOPPED_EXIT_STATUS, Recipe, canonical_run_key, check_run_args
+from .engine import StopRequest
 
 # %% ../nbs/11_sweep.ipynb #95e2203e
 def train_command(
@@ -62,32 +63,39 @@ def run_sweep(
     data_dir:str|Path|None=None, # CIFAR folder
     bs:int=128, # batch size
     poll_s:float=0.5, # how often to look for finished processes
-) -> dict: # lists of run keys: finished (this time), skipped (finished before), failed
-    "Train every run not yet finished in the store, one process per device at a time."
+    stop_at:float|None=None, # a time (`time.time()`) at which every run is asked to stop (SIGTERM) and no new one starts
+) -> dict: # lists of run keys: finished (this time), skipped (finished before), failed, stopped (checkpointed, to resume), not_started
+    "Train every run not yet finished in the store, one process per device at a time; a stop signal to the sweep, or `stop_at`, stops every run after its batch in flight."
     check_runs(runs, epochs, results, data_dir, bs)
     runs = canonical_runs(runs)
     store, key = ResultsStore(results), partial(sweep_key, epochs=epochs, bs=bs)
     pending = unfinished(runs, epochs, results, bs)
     skipped = [key(r) for r in runs if r not in pending]
     (store.root/'logs').mkdir(parents=True, exist_ok=True)
-    free, running, outcome = list(devices), {}, dict(finished=[], skipped=skipped, failed=[])
+    free, running, outcome = list(devices), {}, dict(finished=[], skipped=skipped, failed=[], stopped=[], not_started=[])
     cpu_threads = str(max(1, (os.cpu_count() or 1) // max(1, sum(d == 'cpu' for d in devices))))
     bar = progress_bar(range(len(pending)))
     bar.update(0)
-    while pending or running:
-        while pending and free:
-            run, device = pending.pop(0), free.pop(0)
-            env = dict(os.environ, OMP_NUM_THREADS=cpu_threads) if device == 'cpu' else dict(os.environ, CUDA_VISIBLE_DEVICES=str(device))
-            log = open(store.root/'logs'/f'{key(run)}.log', 'a')
-            process = subprocess.Popen(train_command(run, epochs, results, data_dir, bs, cpu=device == 'cpu'), env=env,
-                                       stdout=log, stderr=subprocess.STDOUT)
-            running[process] = (run, device, log)
-        time.sleep(poll_s)
-        for process in [p for p in running if p.poll() is not None]:
-            run, device, log = running.pop(process)
-            log.close(); free.append(device)
-            outcome['finished' if process.returncode == 0 else 'failed'].append(key(run))
-            bar.update(len(outcome['finished']) + len(outcome['failed']))
+    with StopRequest().installed() as request:
+        while pending or running:
+          if request.requested or (stop_at is not None and time.time() >= stop_at):
+              # a signal each run handles between two batches, never SIGKILL: under CUDA MPS a killed process takes the others down
+              for process in running: process.send_signal(signal.SIGTERM)
+              outcome['not_started'], pending, stop_at, request.requested = [key(r) for r in pending], [], None, None
+          while pending and free:
+              run, device = pending.pop(0), free.pop(0)
+              env = dict(os.environ, OMP_NUM_THREADS=cpu_threads) if device == 'cpu' else dict(os.environ, CUDA_VISIBLE_DEVICES=str(device))
+              log = open(store.root/'logs'/f'{key(run)}.log', 'a')
+              process = subprocess.Popen(train_command(run, epochs, results, data_dir, bs, cpu=device == 'cpu'), env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+              running[process] = (run, device, log)
+          time.sleep(poll_s)
+          for process in [p for p in running if p.poll() is not None]:
+              run, device, log = running.pop(process)
+              log.close(); free.append(device)
+              ending = {0: 'finished', STOPPED_EXIT_STATUS: 'stopped'}.get(process.returncode, 'failed')
+              outcome[ending].append(key(run))
+              bar.update(len(outcome['finished']) + len(outcome['failed']) + len(outcome['stopped']))
     return outcome
 
 # %% ../nbs/11_sweep.ipynb #49ec4b6c
@@ -114,7 +122,8 @@ def saam_sweep(
         for run in unfinished(canonical_runs(runs), epochs, results, bs): print(' '.join(train_command(run, epochs, results, data_dir, bs)))
         return
     outcome = run_sweep(runs, epochs, results, check_names('gpus', gpus), data_dir, bs)
-    print(f"saam_sweep: {len(outcome['finished'])} finished, {len(outcome['skipped'])} already done, {len(outcome['failed'])} failed")
+    print(f"saam_sweep: {len(outcome['finished'])} finished, {len(outcome['skipped'])} already done, {len(outcome['failed'])} failed, "
+          f"{len(outcome['stopped'])} stopped (checkpointed), {len(outcome['not_started'])} not started")
     if outcome['failed']: sys.exit(f"saam_sweep: failed runs (see {results}/logs): {', '.join(outcome['failed'])}")
 
 # %% ../nbs/11_sweep.ipynb #c8fe2601
