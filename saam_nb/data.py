@@ -7,7 +7,7 @@ __all__ = ['CIFAR_DATASETS', 'DOWNLOAD_TIMEOUT_S', 'IMAGE_SUFFIXES', 'IMAGE_FOLD
            'DataFileError', 'cifar_checksums', 'file_md5', 'read_cifar_file', 'write_cifar_fixture', 'data_root',
            'download_cifar', 'load_cifar', 'load_digits', 'read_image_tree', 'image_folder_layout', 'decode_images',
            'image_folder_name', 'image_folder_fingerprint', 'load_image_folder', 'find_image_folder',
-           'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'ImageTensorLoader',
+           'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'batch_index', 'ImageTensorLoader',
            'channel_stats', 'check_dataset', 'dataset_label', 'load_dataset', 'dataloaders']
 
 # %% ../nbs/03_data.ipynb #28ff582a
@@ -340,12 +340,20 @@ class ImageTensors:
         try: yield self
         finally: self.split_idx = previous
 
+def batch_index(
+    indices:list, # the positions of a batch's samples, as the loader's sampler gives them
+    device:torch.device, # where the dataset's tensors are
+) -> torch.Tensor:
+    "`indices` as a tensor on `device`; to a GPU through pinned memory without waiting, since a plain copy from the host would wait for all queued GPU work (a synchronisation per batch)."
+    index = torch.as_tensor(indices)
+    return index.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else index
+
 class ImageTensorLoader(DataLoader):
     "A fastai `DataLoader` over `ImageTensors` that builds each batch with one tensor index and applies the batch transforms of its dataset's split."
     def create_item(self, index): return index
     def create_batch(self, indices):
         "One batch by one tensor index, or, over a list of unlabelled uint8 images (`DataLoaders.test_dl`, `Learner.predict`), their stack."
-        if isinstance(self.dataset, ImageTensors): return self.dataset[torch.as_tensor(indices)]
+        if isinstance(self.dataset, ImageTensors): return self.dataset[batch_index(indices, self.dataset.labels.device)]
         return (TensorImage(torch.stack([torch.as_tensor(self.dataset[i]) for i in indices])),)
     def before_iter(self):
         super().before_iter()
