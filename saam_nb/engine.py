@@ -31,7 +31,7 @@ def train_step(
     opt, # an optimizer with `zero_grad` and `step_on_device` (`ForeachSGD`)
     x:torch.Tensor, y:torch.Tensor, # one batch of inputs and targets
     bf16:bool, # bf16 autocast of the forward pass and the loss
-) -> tuple: # the prediction and the loss
+) -> tuple: # the prediction and the loss, detached: nothing keeps the step's autograd graph alive
     "One training step as fastai's loop takes it with `BF16Autocast`: forward, loss, backward and the optimizer's update (call `opt.load_hypers()` first)."
     opt.zero_grad()  # unset gradients: the backward pass writes them instead of adding to them
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
@@ -40,7 +40,7 @@ def train_step(
         loss = loss_func(pred, y)
     loss.backward()
     opt.step_on_device()
-    return pred, loss
+    return pred.detach(), loss.detach()
 
 # %% ../nbs/04a_engine.ipynb #b5dfd701
 class CUDAGraphReplay:
@@ -102,7 +102,6 @@ class GraphedStep(Callback):
             self.eager_batches[key] += 1
             if self.eager_batches[key] <= self.warmup: return self.eager_batch()
             graph = self.graphs[key] = self.capture()
-            if graph is None: return self.eager_batch()
         for static, batch in zip(graph.inputs, (*self.xb, *self.yb)): static.copy_(batch)
         self.opt.load_hypers()
         self.learn.pred, self.learn.loss = graph.replay()
@@ -117,16 +116,17 @@ class GraphedStep(Callback):
         if hasattr(self.learn, 'recorder'): self.recorder.smooth_loss.val = self.recorder.smooth_loss.val.cpu()
 
     def capture(self):
-        "The step captured on copies of this batch, or None (and a warning, and eager training from now on) if capture fails."
+        "The step captured on copies of this batch; a `RuntimeError` if capture fails."
         inputs = [t.detach().clone().as_subclass(torch.Tensor) for t in (*self.xb, *self.yb)]
         bf16 = hasattr(self.learn, 'bf16_autocast')
         def step(): return train_step(self.model, self.loss_func, self.opt, *inputs, bf16=bf16)
         self.opt.load_hypers()  # its tensors exist before capture, outside the graph's memory
+        # the last eager batch's prediction and loss keep its autograd graph, and with it the parameters' gradient
+        # accumulators, alive on the default stream: a captured backward that met them would invalidate the capture
+        self.learn.pred = self.learn.loss = self.learn.loss_grad = None
         try: graph = self.replay_type(step)
-        except Exception as e:
-            self.obstacle = f"capturing the step failed ({type(e).__name__}: {e})"
-            warn_once(f"GraphedStep: {self.obstacle}; training eagerly")
-            return None
+        except Exception as e:  # a failed capture leaves the CUDA generator unusable: the process cannot go on eagerly
+            raise RuntimeError(f"GraphedStep: capturing the training step failed ({type(e).__name__}: {e}); train with engine='eager'") from e
         graph.inputs = inputs
         return graph
 

@@ -182,6 +182,7 @@ def saam_lease(
     out:str=None, # where the packed records, checkpoints and logs go; default $OUT
     bs:int=128, # batch size
     device:str='cuda', # 'cuda' (one GPU, under MPS where it runs) or 'cpu' (to try the command anywhere)
+    engine:str=None, # how each step runs: eager, compiled or graphed (`04a_engine`); default graphed on CUDA
 ) -> dict: # the sweep's outcome
     "Train the unfinished runs of a priority list until shortly before the lease ends, then pack their records, checkpoints and logs into --out."
     start = time.time()
@@ -202,7 +203,7 @@ def saam_lease(
         try:
             print(f"{time.time() - start:.0f} s set-up; MPS {'on' if env else 'off'}; {slots} slots; stop at {seconds - margin} s", flush=True)
             devices = ['0'] * slots if device == 'cuda' else ['cpu'] * slots
-            outcome = run_sweep(runs, epochs, results, devices, data_dir, bs, stop_at=start + seconds - margin)
+            outcome = run_sweep(runs, epochs, results, devices, data_dir, bs, stop_at=start + seconds - margin, engine=engine)
         finally:
             os.environ.clear(); os.environ.update(saved)
             if env: stop_mps(env)

@@ -26,11 +26,12 @@ def train_command(
     data_dir:str|Path|None=None, # CIFAR folder
     bs:int=128, # batch size
     cpu:bool=False, # train on the CPU
+    engine:str|None=None, # how each step runs (`04a_engine`); None: the device's default
 ) -> list: # the argument list of a `saam_train` process
     "The `saam_train` command line of one run."
     command = [sys.executable, '-m', 'saam_nb.train', f"--model={run['model']}", f"--dataset={run['dataset']}",
                f"--seed={run['seed']}", f'--epochs={epochs}', f'--bs={bs}', f'--results={results}']
-    return command + ([f'--data-dir={data_dir}'] if data_dir else []) + (['--cpu'] if cpu else [])
+    return command + ([f'--data-dir={data_dir}'] if data_dir else []) + (['--cpu'] if cpu else []) + ([f'--engine={engine}'] if engine else [])
 
 # %% ../nbs/11_sweep.ipynb #3dade945
 def sweep_key(run:dict, epochs:int, bs:int) -> str: # model, dataset, seed; epochs; batch size
@@ -64,6 +65,7 @@ def run_sweep(
     bs:int=128, # batch size
     poll_s:float=0.5, # how often to look for finished processes
     stop_at:float|None=None, # a time (`time.time()`) at which every run is asked to stop (SIGTERM) and no new one starts
+    engine:str|None=None, # how each step runs (`04a_engine`); None: the device's default
 ) -> dict: # lists of run keys: finished (this time), skipped (finished before), failed, stopped (checkpointed, to resume), not_started
     "Train every run not yet finished in the store, one process per device at a time; a stop signal to the sweep, or `stop_at`, stops every run after its batch in flight."
     check_runs(runs, epochs, results, data_dir, bs)
@@ -86,7 +88,7 @@ def run_sweep(
               run, device = pending.pop(0), free.pop(0)
               env = dict(os.environ, OMP_NUM_THREADS=cpu_threads) if device == 'cpu' else dict(os.environ, CUDA_VISIBLE_DEVICES=str(device))
               log = open(store.root/'logs'/f'{key(run)}.log', 'a')
-              process = subprocess.Popen(train_command(run, epochs, results, data_dir, bs, cpu=device == 'cpu'), env=env,
+              process = subprocess.Popen(train_command(run, epochs, results, data_dir, bs, cpu=device == 'cpu', engine=engine), env=env,
                                          stdout=log, stderr=subprocess.STDOUT)
               running[process] = (run, device, log)
           time.sleep(poll_s)
