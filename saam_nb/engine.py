@@ -7,7 +7,7 @@ __all__ = ['ENGINES', 'STEP_EVENTS', 'STOP_SIGNALS', 'check_engine', 'train_step
            'graph_obstacle', 'GraphedStep', 'StopRequest', 'StopOnRequest']
 
 # %% ../nbs/04a_engine.ipynb #a905325a
-import signal, threading, warnings
+import gc, signal, threading, warnings
 from collections import Counter
 from contextlib import contextmanager
 import torch
@@ -47,7 +47,12 @@ class CUDAGraphReplay:
     "`step` captured as a CUDA graph (nothing runs while it is captured); `replay` runs it and returns its outputs, rewritten in place."
     def __init__(self, step): # a function of no arguments on CUDA tensors that returns tensors
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph): self.outputs = step()
+        collecting = gc.isenabled()
+        gc.disable()  # a collection during capture frees tensors of other streams, which records events there and invalidates the capture
+        try:
+            with torch.cuda.graph(self.graph): self.outputs = step()
+        finally:
+            if collecting: gc.enable()
     def replay(self):
         self.graph.replay()
         return self.outputs
