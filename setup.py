@@ -39,6 +39,7 @@ setuptools.setup(
     keywords=cfg['keywords'],
     packages=setuptools.find_packages(include=[cfg['lib_name'], f'{cfg["lib_name"]}.*']),
     include_package_data=True,
+    package_data={cfg['lib_name']: ['weights/*.pt', 'weights/index.json']},  # the final weights of finished 182-epoch runs (02d_weights)
     install_requires=requirements,
     extras_require={'docs': docs_requirements, 'dev': dev_requirements, 'timm': cfg.get('timm_requirements', '').split()},
     python_requires=f'>={min_python}',

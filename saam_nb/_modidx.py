@@ -309,4 +309,7 @@ d = { 'settings': { 'branch': 'main',
                                'saam_nb.train.signal_at_first_checkpoint': ('train.html#signal_at_first_checkpoint', 'saam_nb/train.py'),
                                'saam_nb.train.split_attention': ('train.html#split_attention', 'saam_nb/train.py'),
                                'saam_nb.train.step_lr': ('train.html#step_lr', 'saam_nb/train.py'),
-                               'saam_nb.train.train_run': ('train.html#train_run', 'saam_nb/train.py')}}}
+                               'saam_nb.train.train_run': ('train.html#train_run', 'saam_nb/train.py')},
+            'saam_nb.weights': { 'saam_nb.weights.export_weights': ('weights.html#export_weights', 'saam_nb/weights.py'),
+                                 'saam_nb.weights.load_pretrained': ('weights.html#load_pretrained', 'saam_nb/weights.py'),
+                                 'saam_nb.weights.weights_index': ('weights.html#weights_index', 'saam_nb/weights.py')}}}

@@ -9,12 +9,14 @@ __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 
 
 # %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
+from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from .aggregation import check_feature_map
 from .attention import create_attention, ATTENTION_TYPES
+from .weights import load_pretrained
 
 # %% ../nbs/02_resnet.ipynb #c0b4c0d5
 class ZeroPadShortcut(nn.Module):
@@ -134,11 +136,14 @@ def canonical_model_name(name:str) -> str: # any spelling `parse_model_name` acc
 def create_model(
     name:str, # paper-style name, e.g. 'saam-1-20'
     num_classes:int=10, # 10 for CIFAR-10, 100 for CIFAR-100
+    pretrained:str|None=None, # a dataset whose final 182-epoch weights ship with the library, e.g. 'cifar100-rebuilt' (`02d_weights`)
+    weights_dir:str|Path|None=None, # where the weights are; default the package's own
     **kwargs, # more `CifarResNet` arguments, e.g. `reduction`
 ) -> CifarResNet:
-    "Build the CIFAR ResNet called `name`."
+    "Build the CIFAR ResNet called `name`, with the shipped weights of a dataset if asked."
     spec = parse_model_name(name)
-    return CifarResNet(spec['depth'], num_classes, spec['attention'], paths=spec['paths'], **kwargs)
+    model = CifarResNet(spec['depth'], num_classes, spec['attention'], paths=spec['paths'], **kwargs)
+    return load_pretrained(model, canonical_model_name(name), pretrained, weights_dir) if pretrained else model
 
 # %% ../nbs/02_resnet.ipynb #21ba2c9c
 def count_parameters(model:nn.Module) -> int: # any network
