@@ -18,7 +18,8 @@ from torch.profiler import profile, ProfilerActivity, record_function
 from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
-from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, bf16_supported, fast_path, device_name
+from saam_nb.attention import attention_parameters
+from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, split_head, bf16_supported, fast_path, device_name
 from saam_nb.knobs import check_int, check_writable, command
 from saam_nb.comparison import COST_LIMITS
 
@@ -128,7 +129,7 @@ class ModelUnderTest:
         torch.manual_seed(seed)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = create_model(name, CLASSES).to(device, memory_format=memory_format)
-        self.optimizer = paper_optimizer(split_attention(self.model), lr=0.01)  # the optimizer training uses
+        self.optimizer = paper_optimizer(split_head(self.model), lr=0.01, undecayed=attention_parameters(self.model))  # the optimizer training uses
         self.images = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         self.labels = torch.randint(0, CLASSES, (bs,), device=device)
         self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -22,7 +22,7 @@ from fastai.data.core import DataLoaders
 from fastai.torch_core import TensorImage, TensorCategory, default_device, batch_to_samples
 from fastcore.foundation import L
 from fasttransform import Transform
-from fastai.data.transforms import IntToFloatTensor, Normalize
+from fastai.data.transforms import IntToFloatTensor, Normalize, Category
 from fasttransform import Pipeline
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
@@ -325,13 +325,14 @@ class ImageTensors:
         images:torch.Tensor, # uint8 (N, C, H, W)
         labels:torch.Tensor, # int64 (N,)
         split_idx:int|None=None, # 0: the training split (augmented), 1: the validation split, as fastai numbers them
-    ): self.images, self.labels, self.split_idx = images, labels, split_idx
+        vocab:list|None=None, # the class names in label order (fastai's `vocab`); None: labels stay indices
+    ): self.images, self.labels, self.split_idx, self.vocab = images, labels, split_idx, vocab
     def __len__(self): return len(self.labels)
     def __getitem__(self, index): return TensorImage(self.images[index]), TensorCategory(self.labels[index])
 
     def new_empty(self):
         "The same kind of dataset with no images: what `Learner.export` saves in place of the data."
-        return ImageTensors(self.images[:0], self.labels[:0], self.split_idx)
+        return ImageTensors(self.images[:0], self.labels[:0], self.split_idx, self.vocab)
 
     @contextlib.contextmanager
     def set_split_idx(self, split_idx:int): # 0: apply the training split's transforms meanwhile (`Learner.tta` asks for it)
@@ -359,8 +360,11 @@ class ImageTensorLoader(DataLoader):
         super().before_iter()
         if hasattr(self.dataset, 'split_idx'): self.after_batch.split_idx = self.dataset.split_idx  # as fastai's TfmdDL does
     def decode_batch(self, batch, max_n:int=9, full:bool=True):
-        "The first `max_n` samples of `batch`, decoded by the batch transforms (images back to pixels); `Learner.predict` asks for it."
-        return L(batch_to_samples(self.after_batch.decode(batch), max_n=max_n))
+        "The first `max_n` samples of `batch`, decoded by the batch transforms (images back to pixels) and labels to class names where the dataset has them; `Learner.predict` asks for it."
+        samples = batch_to_samples(self.after_batch.decode(batch), max_n=max_n)
+        vocab = getattr(self.dataset, 'vocab', None)
+        if vocab is None: return L(samples)
+        return L((image, Category(vocab[int(label)]), *rest) for image, label, *rest in samples)  # as fastai's `Categorize` decodes
 
 
 # %% ../nbs/03_data.ipynb #c6adbe27
@@ -408,8 +412,9 @@ def dataloaders(
     normalize = Normalize.from_stats(*channel_stats(data['train'][0]), cuda=False)
     tfms = ([RandomPadCropFlip()] if augment else []) + [IntToFloatTensor(), normalize]  # the augmentation applies to split 0 only
     on_device = {split: [t.to(device) for t in data[split]] for split in ('train', 'valid')}  # one copy to the GPU, not one per batch
-    train = ImageTensorLoader(ImageTensors(*on_device['train'], split_idx=0), bs=bs, shuffle=True, after_batch=Pipeline(tfms, split_idx=0), device=device)
-    valid = ImageTensorLoader(ImageTensors(*on_device['valid'], split_idx=1), bs=2 * bs, after_batch=Pipeline(tfms, split_idx=1), device=device)
+    vocab = data.get('class_names')  # image folders and CIFAR name their classes; digits has only a count
+    train = ImageTensorLoader(ImageTensors(*on_device['train'], split_idx=0, vocab=vocab), bs=bs, shuffle=True, after_batch=Pipeline(tfms, split_idx=0), device=device)
+    valid = ImageTensorLoader(ImageTensors(*on_device['valid'], split_idx=1, vocab=vocab), bs=2 * bs, after_batch=Pipeline(tfms, split_idx=1), device=device)
     dls = DataLoaders(train, valid, device=device)
     dls.c = data['classes']
     return dls

@@ -154,9 +154,15 @@ def count_flops(
     model:nn.Module, # any network that takes images
     input_size:tuple=(1, 3, 32, 32), # shape of the input batch
 ) -> int:
-    "FLOPs of one forward pass (2 per multiply-add of convs and matrix products), by `torch.utils.flop_counter`."
+    "FLOPs of one forward pass in eval mode (2 per multiply-add of convs and matrix products), by `torch.utils.flop_counter`, on the model's device and dtype; `model` is left as it was."
+    modes = {module: module.training for module in model.modules()}  # a submodule may be in another mode than its parent
+    weight = next(model.parameters(), None)
+    images = torch.zeros(input_size) if weight is None else torch.zeros(input_size, device=weight.device, dtype=weight.dtype)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter: model.eval()(torch.zeros(input_size))
+    try:
+        with torch.no_grad(), counter: model.eval()(images)
+    finally:
+        for module, training in modes.items(): module.training = training
     return counter.get_total_flops()
 
 # %% ../nbs/02_resnet.ipynb #a9a8f619
