@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CIFAR_DATASETS', 'DOWNLOAD_TIMEOUT_S', 'IMAGE_SUFFIXES', 'IMAGE_FOLDER_SPLITS', 'IMAGE_FOLDER_DATASETS', 'DATASETS',
-           'DataFileError', 'cifar_checksums', 'file_md5', 'read_cifar_file', 'write_cifar_fixture', 'data_root',
+           'DataFileError', 'cifar_checksums', 'file_digest', 'read_cifar_file', 'write_cifar_fixture', 'data_root',
            'download_cifar', 'load_cifar', 'load_digits', 'read_image_tree', 'image_folder_layout', 'decode_images',
            'image_folder_name', 'image_folder_fingerprint', 'load_image_folder', 'find_image_folder',
            'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'batch_index', 'ImageTensorLoader',
@@ -43,9 +43,12 @@ def cifar_checksums(
     return {'train': [tuple(f) for f in spec.train_list], 'test': [tuple(f) for f in spec.test_list]}
 
 # %% ../nbs/03_data.ipynb #adf7f060
-def file_md5(path:Path) -> str: # a file
-    "The md5 hex digest of a file, read in chunks."
-    digest = hashlib.md5()
+def file_digest(
+    path:Path, # a file
+    algorithm:str='md5', # a name `hashlib.new` knows: 'md5' for CIFAR's published sums, 'sha256' for archives carried in pieces
+) -> str:
+    "The hex digest of a file, read in chunks."
+    digest = hashlib.new(algorithm)
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): digest.update(chunk)
     return digest.hexdigest()
@@ -57,7 +60,7 @@ def read_cifar_file(
     "Images and labels of one CIFAR pickle file, after checking its md5; a `DataFileError` naming the file otherwise."
     path = Path(path)
     if not path.is_file(): raise DataFileError(f"{path}: file not found")
-    actual = file_md5(path)
+    actual = file_digest(path)
     if actual != md5: raise DataFileError(f"{path}: md5 is {actual}, expected {md5}; the file is corrupted, truncated or not the published one")
     try:
         with open(path, 'rb') as f: batch = pickle.load(f, encoding='latin1')
@@ -86,7 +89,7 @@ def write_cifar_fixture(
             batch = {'data': rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8),
                      label_key: rng.integers(0, classes, images_per_file).tolist()}
             with open(folder/file, 'wb') as f: pickle.dump(batch, f)
-            checksums[split].append((file, file_md5(folder/file)))
+            checksums[split].append((file, file_digest(folder/file)))
     return checksums
 
 # %% ../nbs/03_data.ipynb #37f30164
