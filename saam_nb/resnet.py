@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 'BasicBlock', 'check_depth', 'CifarResNet',
-           'parse_model_name', 'model_name', 'canonical_model_name', 'create_model', 'count_parameters', 'count_flops',
-           'overheads_table']
+           'model_prefixes', 'parse_model_name', 'model_kind', 'model_name', 'canonical_model_name', 'create_model',
+           'count_parameters', 'count_flops', 'overheads_table']
 
 # %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from .aggregation import check_feature_map
-from .attention import create_attention, ATTENTION_TYPES
+from .attention import ATTENTION_TYPES, attention_type, create_attention
+import saam_nb.peers  # registers GC, ECA and Gather-Excite: every model name resolves wherever models are built
 from .weights import load_pretrained
 
 # %% ../nbs/02_resnet.ipynb #c0b4c0d5
@@ -103,30 +104,46 @@ class CifarResNet(nn.Module):
         return self.head(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 # %% ../nbs/02_resnet.ipynb #a003ae79
-MODEL_NAME = re.compile(r'^(?:resnet-(?P<plain>\d+)|(?P<attention>se|cbam|saam)-(?P<paths>\d+)-(?P<depth>\d+))$')
+MODEL_NAME = re.compile(r'^(?P<prefix>[a-z][a-z0-9_]*)-(?:(?P<paths>\d+)-)?(?P<depth>\d+)$')  # 'resnet-D', 'TYPE-K-D' or 'TYPE-D'
+
+def model_prefixes() -> list:
+    "What a model name may start with: 'resnet' (no attention) and every registered attention type."
+    return ['resnet'] + [name for name in ATTENTION_TYPES if name != 'none']
 
 def parse_model_name(
-    name:str, # e.g. 'resnet-20', 'se-1-56', 'se-2-20', 'cbam-2-110', 'saam-4-20'
-) -> dict: # attention, paths and depth
-    "Split a paper-style model name into `attention`, `paths` and `depth`; a `ValueError` for a malformed name, a depth not 6n+2, or K < 1."
+    name:str, # e.g. 'resnet-20', 'se-1-56', 'se-2-20', 'cbam-2-110', 'saam-4-20', 'gc-1-20', 'eca-20'
+) -> dict: # attention, paths (None for a type without) and depth
+    "Split a paper-style model name into `attention`, `paths` and `depth`; a `ValueError` for a malformed name, an unregistered type, K where the type has none (or none where it has), a depth not 6n+2, or K < 1."
     match = MODEL_NAME.match(name.lower()) if isinstance(name, str) else None
-    if match is None:
-        raise ValueError(f"model: expected 'resnet-D' or 'ATTENTION-K-D' with ATTENTION in se, cbam, saam (e.g. 'saam-4-20'), got {name!r}")
-    check_depth(int(match['plain'] or match['depth']))
-    if match['plain']: return dict(attention='none', paths=None, depth=int(match['plain']))
-    if int(match['paths']) < 1: raise ValueError(f"model: the number of paths K must be >= 1, got {name!r}")
-    return dict(attention=match['attention'], paths=int(match['paths']), depth=int(match['depth']))
+    if match is None or match['prefix'] not in model_prefixes():
+        raise ValueError(f"model: expected 'resnet-D', 'TYPE-K-D' or, for a type without paths, 'TYPE-D' (e.g. 'saam-4-20', 'eca-20'), "
+                         f"with TYPE one of {model_prefixes()[1:]}, got {name!r}")
+    attention = 'none' if match['prefix'] == 'resnet' else match['prefix']
+    if (match['paths'] is None) != (ATTENTION_TYPES[attention].paths is None):
+        example = f"'{model_kind(attention)}-20'"
+        raise ValueError(f"model: {match['prefix']!r} {'takes' if match['paths'] is None else 'has no'} paths K, so its names are like {example}, got {name!r}")
+    check_depth(int(match['depth']))
+    if match['paths'] is not None and int(match['paths']) < 1: raise ValueError(f"model: the number of paths K must be >= 1, got {name!r}")
+    return dict(attention=attention, paths=None if match['paths'] is None else int(match['paths']), depth=int(match['depth']))
+
+def model_kind(
+    attention:str, # a registered type or alias, e.g. 'none', 'se', 'se2', 'saam', 'eca'
+    paths:int|None=None, # K; None: the type's default
+) -> str:
+    "A model name without its depth, e.g. 'resnet', 'se-2', 'saam-4', 'eca': what tables and benchmarks call a kind of model."
+    entry = attention_type(attention)
+    if entry.name == 'none' or entry.paths is None:
+        if paths is not None: raise ValueError(f"paths: {attention!r} has no paths, got {paths!r}")
+        return 'resnet' if entry.name == 'none' else entry.name
+    return f"{entry.name}-{entry.paths if paths is None else paths}"
 
 def model_name(
-    attention:str, # 'none', 'se', 'se2', 'cbam' or 'saam'
+    attention:str, # a registered type or alias, e.g. 'none', 'se', 'se2', 'cbam', 'saam', 'eca'
     depth:int, # D
     paths:int|None=None, # K; None: the type's default
 ) -> str:
     "The paper-style name of a model, the inverse of `parse_model_name`."
-    if attention == 'none': return f'resnet-{depth}'
-    if attention not in ATTENTION_TYPES: raise ValueError(f"attention: expected one of {list(ATTENTION_TYPES)}, got {attention!r}")
-    paths = ATTENTION_TYPES[attention][1] if paths is None else paths
-    return f"{attention.rstrip('2')}-{paths}-{depth}"
+    return f'{model_kind(attention, paths)}-{depth}'
 
 def canonical_model_name(name:str) -> str: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20'
     "The one name of the model `name` parses to (lower case, no leading zeros): what run keys, records, tables and figures use."
@@ -169,7 +186,7 @@ def count_flops(
 def overheads_table(
     names:list, # paper-style model names; the first is the baseline of the relative columns
     num_classes:int=100, # classifier size (the paper's table uses CIFAR-100)
-    paper:dict|None=None, # optional {name: (params, MFLOPs)} reported by the paper, shown beside ours
+    paper:dict|None=None, # optional {name: (params, MFLOPs)} reported by the paper, shown beside ours (blank for a name it does not report)
 ):
     "A DataFrame of parameters, MACs and FLOPs of each model and their overhead relative to the first one."
     import pandas as pd
@@ -183,8 +200,8 @@ def overheads_table(
     table['params vs first (%)'] = 100 * (table.params / base.params - 1)
     table['FLOPs vs first (%)'] = 100 * (table.MFLOPs / base.MFLOPs - 1)
     if paper:
-        table['paper params'] = [paper[n][0] for n in names]
+        table['paper params'] = [paper.get(n, (None, None))[0] for n in names]
         table['params vs paper (%)'] = 100 * (table.params / table['paper params'] - 1)
-        table['paper MFLOPs'] = [paper[n][1] for n in names]
+        table['paper MFLOPs'] = [paper.get(n, (None, None))[1] for n in names]
         table['paper MFLOPs vs first (%)'] = 100 * (table['paper MFLOPs'] / table['paper MFLOPs'].iloc[0] - 1)
     return table.round(3)

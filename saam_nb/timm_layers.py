@@ -8,12 +8,13 @@ __all__ = ['TimmAttentionLayer', 'timm_attention']
 # %% ../nbs/12_timm_layers.ipynb #b1062eb8
 import torch.nn as nn
 from .attention import create_attention
+import saam_nb.peers  # registers GC, ECA and Gather-Excite, so that `timm_attention` knows them
 
 # %% ../nbs/12_timm_layers.ipynb #4150f9a5
 class TimmAttentionLayer:
     "timm's `attn_layer` for one of our attention types: called with the channel count (and timm's device and dtype), it builds the module."
     def __init__(self,
-        name:str, # attention type, see `saam_nb.attention.create_attention`
+        name:str, # a registered attention type, see `saam_nb.attention.create_attention`
         kwargs:dict, # `reduction`, `paths`, kernel sizes
     ):
         self.name, self.kwargs = name, kwargs
@@ -24,7 +25,7 @@ class TimmAttentionLayer:
     def __repr__(self): return f"timm_attention({', '.join([repr(self.name)] + [f'{k}={v!r}' for k, v in self.kwargs.items()])})"
 
 def timm_attention(
-    name:str='saam', # attention type, see `saam_nb.attention.create_attention`
+    name:str='saam', # a registered attention type, see `saam_nb.attention.create_attention`
     **kwargs, # `reduction`, `paths`, kernel sizes
 ) -> TimmAttentionLayer:
     "An `attn_layer` for timm blocks that builds our module called `name`; a `ValueError` now, not deep inside timm, on a bad name or argument."
