@@ -16,16 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile, ProfilerActivity, record_function
 from fastai.callback.core import Callback
-from saam_nb.resnet import create_model, count_parameters, count_flops, parse_model_name
+from saam_nb.resnet import create_model, count_parameters, count_flops, model_name, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
 from saam_nb.attention import attention_parameters
 from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, split_head, bf16_supported, fast_path, device_name
 from saam_nb.knobs import check_int, check_writable, command
 from saam_nb.comparison import COST_LIMITS
+from saam_nb.paper import peer_attentions
 
-# attention type -> model name; the first is the baseline of the `_vs_resnet` ratios, SE-1 that of `_vs_se`
+# every registered attention type the paper did not train (`saam_nb.paper.peer_attentions`: GC, ECA, GE-θ⁻, and any
+# type registered before this module is imported) -> its model name
+PEER_MODELS = {attention: model_name(attention, 20) for attention in peer_attentions()}
+# attention type -> model name: the paper's models, under the labels earlier records use, then the peers; the first is
+# the baseline of the `_vs_resnet` ratios, SE-1 that of `_vs_se`
 MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam': 'cbam-2-20',
-          'saam-1': 'saam-1-20', 'saam-2': 'saam-2-20', 'saam-4': 'saam-4-20'}
+          'saam-1': 'saam-1-20', 'saam-2': 'saam-2-20', 'saam-4': 'saam-4-20', **PEER_MODELS}
 BASELINES = {'resnet': 'resnet-20', 'se': 'se-1-20'}
 # the ratios reported on the fast path, (model, measure, baseline) -> the largest allowed (None: no limit): issue 20's
 # targets; SAAM-1-20's are the paper's cost claim as the claims table reads it (`saam_nb.comparison.COST_LIMITS`)
@@ -37,7 +42,7 @@ FIT_TARGET = 0.95  # fastai's throughput relative to the plain loop, at least
 EPOCH_TARGET = dict(model='resnet-20', loop='fastai', limit_s=35.0)  # seconds of a CIFAR epoch, training and validation, on 2 CPU cores
 CLASSES = 10
 # the models `--profile` profiles; the first is the baseline whose operator times the others' are compared with
-PROFILE_MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam': 'cbam-2-20', 'saam-1': 'saam-1-20', 'saam-4': 'saam-4-20'}
+PROFILE_MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam': 'cbam-2-20', 'saam-1': 'saam-1-20', 'saam-4': 'saam-4-20', **PEER_MODELS}
 # what `--profile-path` may name: the fast path as `benchmark_paths` picks it, fp32 NCHW, or bf16 autocast and
 # channels_last even where the device has no native bf16 (emulated, slow, with other operator shares: to see what a device with it would run)
 PROFILE_PATHS = {'fast': None, 'fp32': dict(bf16=False, channels_last=False), 'bf16': dict(bf16=True, channels_last=True)}

@@ -17,6 +17,7 @@ import torch
 import fastai
 import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
+from saam_nb.paper import compared_kinds
 from saam_nb.data import dataloaders
 from saam_nb.train import Recipe, fast_path, canonical_run_key, create_learner, device_name, history_without_timings, signal_at_first_checkpoint
 from saam_nb.engine import StopOnRequest, StopRequest
@@ -25,7 +26,9 @@ from saam_nb.store import ResultsStore, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
 from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
 
-ATTENTIONS = {'none': 'resnet-{depth}', 'se-1': 'se-1-{depth}', 'saam-1': 'saam-1-{depth}'}
+# attention kind -> model name at any depth: the paper's models and every registered peer (`saam_nb.paper.compared_kinds`),
+# 'none' for ResNet-D
+ATTENTIONS = {'none' if kind == 'resnet' else kind: f'{kind}-{{depth}}' for kind in compared_kinds()}
 # how each epoch is trained: through fastai with `create_learner(..., engine=...)` eager, graphed or compiled, or in `PlainLoop`
 LOOPS = ('fastai', 'fastai-graphed', 'fastai-compiled', 'plain')
 LOOP_ENGINES = {'fastai': 'eager', 'fastai-graphed': 'graphed', 'fastai-compiled': 'compiled'}
@@ -303,7 +306,7 @@ def gpu_check(
     out:str=str(Path(__file__).parent/'results'), # folder for the JSON record
     device:str=None, # 'cuda' or 'cpu'; default cuda when a GPU is visible, else cpu
     depths:str='20,56,110', # ResNet depths, comma-separated; each is timed with every attention of `--attentions`
-    attentions:str='none,se-1,saam-1', # attention types timed at every depth, comma-separated
+    attentions:str='none,se-1,saam-1', # attention kinds timed at every depth, comma-separated: any of `ATTENTIONS` (e.g. se-2, cbam-2, saam-4, gc-1, eca, ge)
     loops:str='fastai,fastai-graphed,fastai-compiled,plain', # how each epoch trains: through fastai eager, graphed or compiled (`create_learner(..., engine=...)`), or in a plain PyTorch loop
     bs:int=128, # training batch size (validation: twice that)
     train:int=50_000, # synthetic training images

@@ -4,29 +4,40 @@
 
 # %% auto #0
 __all__ = ['PAPER_DATASET', 'PAPER_EPOCHS', 'PAPER_NAMES', 'COMPARISON_PAIRS', 'CLAIMS', 'CLAIM_DATASETS', 'COST_LIMITS',
-           'accuracy_table', 'paired_difference', 'ordering_sentence', 'plot_paired_differences', 'seeds_needed',
-           'paper_pair_difference', 'compare_pairs', 'differences_table', 'setting_table', 'plot_validation_curves',
-           'claim_verdict', 'cost_claim', 'benchmark_cost_ratios', 'claims_table']
+           'peer_rows', 'accuracy_table', 'paired_difference', 'ordering_sentence', 'plot_paired_differences',
+           'seeds_needed', 'paper_pair_difference', 'compare_pairs', 'differences_table', 'setting_table',
+           'plot_validation_curves', 'claim_verdict', 'cost_claim', 'benchmark_cost_ratios', 'claims_table']
 
 # %% ../nbs/06_comparison.ipynb #90e9d525
 import math
 import pandas as pd
 import matplotlib.pyplot as plt
 from scipy import stats
-from .resnet import canonical_model_name, model_name
-from .paper import PAPER_TOP1, TABLE_ROWS
+from .attention import ATTENTION_TYPES
+from .resnet import canonical_model_name, model_kind, model_name, parse_model_name
+from .paper import PAPER_TOP1, TABLE_ROWS, compared_kinds, peer_attentions
 
 # %% ../nbs/06_comparison.ipynb #e7714778
+def peer_rows(models) -> list: # model names with runs, e.g. a summary's `model` column
+    "Table rows (attention, K, label) of the peers (`peer_attentions`) among `models`, in the registry's order: what a table adds to the paper's rows."
+    specs = [parse_model_name(model) for model in models]
+    rows = []
+    for attention in peer_attentions():
+        entry = ATTENTION_TYPES[attention]
+        for paths in sorted({s['paths'] for s in specs if s['attention'] == attention}, key=lambda k: k or 0):
+            rows.append((attention, paths, entry.label if paths in (None, entry.paths) else f'{entry.label}-{paths}'))
+    return rows
+
 def accuracy_table(
     summary:pd.DataFrame, # from `saam_nb.ablation.summarize`
     dataset:str, # 'cifar10' (Table II) or 'cifar100' (Table III), or the label of another dataset
     depths:list=(20, 56, 110), # table columns
     paper_dataset:str|None=None, # whose paper numbers go beside ours (default `dataset`; 'cifar10' for cifar10-jpeg)
 ) -> pd.DataFrame:
-    "A paper-style table: per attention type and depth, our mean ± std (runs), the paper's top-1 and our difference."
+    "A paper-style table: per attention type and depth, our mean ± std (runs), the paper's top-1 and our difference; the paper's rows, then every peer with runs on `dataset`."
     ours = {(r.dataset, r.model): r for r in summary.itertuples()}
     rows = []
-    for attention, paths, label in TABLE_ROWS:
+    for attention, paths, label in TABLE_ROWS + peer_rows(summary.model[summary.dataset == dataset]):
         row = {'attention': label, 'K': '-' if paths is None else paths}
         for depth in depths:
             name = model_name(attention, depth, paths)
@@ -135,9 +146,13 @@ def compare_pairs(
     epochs:int, # keep runs of this many epochs
     depth:int=20, # the ResNet depth of every pair
     recipe_id:str|None=None, # keep runs of this recipe
-    pairs:list=COMPARISON_PAIRS, # (model, baseline) kinds, e.g. ('saam-1', 'resnet')
+    pairs:list|None=None, # (model, baseline) kinds, e.g. ('saam-1', 'resnet'); None: `COMPARISON_PAIRS`, then every peer with runs in this setting against no attention and SAAM-1
 ) -> list: # one dict per pair: `paired_difference`'s, plus `paper`, `seeds_needed` and `sentence`
     "Every paired comparison of a setting, beside the paper's difference, with the seeds a 95% interval would need if the paper's difference were true."
+    if pairs is None:
+        trained = {canonical_model_name(r['model']) for r in records if r['status'] == 'finished' and r['dataset'] == dataset and r['epochs'] == epochs}
+        peers = [model_kind(a, k) for a, k, _ in peer_rows([m for m in trained if parse_model_name(m)['depth'] == depth])]
+        pairs = COMPARISON_PAIRS + [(kind, 'resnet') for kind in peers] + [('saam-1', kind) for kind in peers]
     rows = []
     for kind, baseline_kind in pairs:
         difference = paired_difference(records, f'{kind}-{depth}', f'{baseline_kind}-{depth}', dataset, epochs, recipe_id)
