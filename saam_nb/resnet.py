@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from .aggregation import check_feature_map
 from .attention import ATTENTION_TYPES, attention_type, create_attention
-import saam_nb.peers  # registers GC, ECA and Gather-Excite: every model name resolves wherever models are built
 from .weights import load_pretrained
 
 # %% ../nbs/02_resnet.ipynb #c0b4c0d5

@@ -8,7 +8,6 @@ __all__ = ['TimmAttentionLayer', 'timm_attention']
 # %% ../nbs/12_timm_layers.ipynb #b1062eb8
 import torch.nn as nn
 from .attention import create_attention
-import saam_nb.peers  # registers GC, ECA and Gather-Excite, so that `timm_attention` knows them
 
 # %% ../nbs/12_timm_layers.ipynb #4150f9a5
 class TimmAttentionLayer:
