@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
+from .knobs import check_int
 from .aggregation import check_feature_map, check_kernel_size, score_aggregate, score_descriptors, spatial_softmax, ScoreMap
 
 # %% ../nbs/01_attention.ipynb #f7f66db7
@@ -164,9 +165,7 @@ def register_attention(
         raise ValueError(f"name: {name!r} is taken (unregister_attention frees a registered one); registered: {attention_names()}")
     if not (isinstance(module, type) and issubclass(module, AttentionModule)):
         raise TypeError(f"module: expected a subclass of AttentionModule (training finds its parameters by it), got {module!r}")
-    entry = AttentionType(name, module, paths, name.upper() if label is None else label)
-    if paths is not None and (isinstance(paths, bool) or not isinstance(paths, int) or paths < 1):
-        raise ValueError(f"paths: expected an integer >= 1, or None for a type without paths, got {paths!r}")
+    entry = AttentionType(name, module, None if paths is None else check_int('paths', paths, 1), name.upper() if label is None else label)
     if paths is not None and not entry.takes('paths'):
         raise ValueError(f"paths: {module.__name__} takes no `paths`, so register it with paths=None, got {paths!r}")
     ATTENTION_TYPES[name] = entry
@@ -222,8 +221,7 @@ class GlobalContext(AttentionModule):
         paths:int=1, # K, the number of score convs (GCNet has one)
     ):
         super().__init__(channels, reduction)
-        if isinstance(paths, bool) or not isinstance(paths, int) or paths < 1: raise ValueError(f"paths: expected an integer >= 1, got {paths!r}")
-        self.paths = paths
+        self.paths = check_int('paths', paths, 1)
         self.score_conv = nn.Conv2d(channels, paths, 1)
         nn.init.kaiming_normal_(self.score_conv.weight, mode='fan_in', nonlinearity='relu')  # as GCNet's code and timm initialise it
         self.mlp = ExcitationMLP(channels, reduction, hidden_norm=True)
