@@ -1,6 +1,6 @@
 """What the attention modules cost: training-step time, inference time, operator calls and peak memory of ResNet-20
 with each module, relative to the plain ResNet-20 and to SE-1-20, on two paths measured side by side: the fast path
-(as `saam_nb.train.create_learner` trains: bf16 autocast wherever the device computes bf16 natively, channels_last
+(as `saam_nb.learner.create_learner` trains: bf16 autocast wherever the device computes bf16 natively, channels_last
 there and on every CPU) and fp32 NCHW, with the speed-up of one over the other. Then the throughput of the fastai training path
 against a plain PyTorch loop, and a whole CIFAR-shaped ResNet-20 epoch through fastai on the fast path.
 
@@ -19,7 +19,9 @@ from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, model_name, parse_model_name
 from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
 from saam_nb.attention import attention_parameters
-from saam_nb.train import Recipe, create_learner, paper_optimizer, split_attention, split_head, bf16_supported, fast_path, device_name
+from saam_nb.recipe import Recipe, paper_optimizer, split_attention, split_head
+from saam_nb.learner import create_learner
+from saam_nb.hardware import bf16_supported, fast_path, device_name
 from saam_nb.knobs import check_int, check_writable, command
 from saam_nb.comparison import COST_LIMITS
 from saam_nb.paper import peer_attentions

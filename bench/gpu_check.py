@@ -1,13 +1,13 @@
 """The one-command GPU check: how long one CIFAR-sized training epoch (and its validation pass) of ResNet-20, -56 and
 -110 without attention, with SE-1 and with SAAM-1 takes through fastai (`saam_nb.data.dataloaders` and
-`saam_nb.train.create_learner`) with each engine (`eager`, `graphed`: the default on CUDA, `compiled`), and through a plain
+`saam_nb.learner.create_learner`) with each engine (`eager`, `graphed`: the default on CUDA, `compiled`), and through a plain
 PyTorch loop; how many training steps per second 1, 4 and 12 training processes sharing the GPU make together (under
 CUDA MPS where the machine has it, as `saam_lease` trains); and whether a `saam_train` run that is stopped part-way
 (SIGTERM, handled between two batches) and started again ends exactly like one that never stopped.
 
 It needs no network and no data files (the images are synthetic, CIFAR-shaped uint8), writes one JSON record to
 `--out` (rewritten after every result, so that a run cut off by a time limit keeps what it measured) and prints a
-markdown table. It trains as the library does (`saam_nb.train.fast_path`): bf16 autocast wherever the device computes
+markdown table. It trains as the library does (`saam_nb.hardware.fast_path`): bf16 autocast wherever the device computes
 bf16 natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), channels_last there and on every CPU; the record says
 which. Run `python bench/gpu_check.py --help`.
 """
@@ -19,7 +19,11 @@ import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.paper import compared_kinds
 from saam_nb.data import dataloaders
-from saam_nb.train import Recipe, fast_path, canonical_run_key, create_learner, device_name, history_without_timings, signal_at_first_checkpoint
+from saam_nb.recipe import Recipe
+from saam_nb.hardware import fast_path, device_name
+from saam_nb.learner import create_learner
+from saam_nb.train import canonical_run_key
+from saam_nb.testing import history_without_timings, signal_at_first_checkpoint
 from saam_nb.engine import StopOnRequest, StopRequest
 from saam_nb.lease import start_mps, stop_mps
 from saam_nb.store import ResultsStore, atomic_write

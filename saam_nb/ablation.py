@@ -15,7 +15,8 @@ from .paper import PAPER_FIG3
 from .resnet import canonical_model_name, check_depth, parse_model_name
 from .data import check_dataset, dataset_label
 from .store import project_root
-from .train import Recipe, train_run
+from .recipe import Recipe
+from .train import train_run
 
 # %% ../nbs/05_ablation.ipynb #5b526c3d
 def check_experiment(

@@ -27,7 +27,7 @@ def run_key(
     dataset:str, # the dataset's name
     epochs:int, # epochs of the run
     seed:int, # its seed
-    recipe, # a `saam_nb.train.Recipe` (anything with a stable `id()`)
+    recipe, # a `saam_nb.recipe.Recipe` (anything with a stable `id()`)
 ) -> str:
     "The name of a run: model, dataset, epochs, seed and recipe hash."
     return f"{model}_{dataset}_e{epochs}_s{seed}_{recipe.id()}"

@@ -15,7 +15,8 @@ from .paper import paper_runs
 from .resnet import canonical_model_name
 from .data import dataset_label
 from .store import ResultsStore
-from .train import STOPPED_EXIT_STATUS, Recipe, canonical_run_key, check_run_args
+from .recipe import Recipe
+from .train import STOPPED_EXIT_STATUS, canonical_run_key, check_run_args
 from .engine import StopRequest
 
 # %% ../nbs/11_sweep.ipynb #95e2203e
@@ -95,7 +96,8 @@ def run_sweep(
           for process in [p for p in running if p.poll() is not None]:
               run, device, log = running.pop(process)
               log.close(); free.append(device)
-              ending = {0: 'finished', STOPPED_EXIT_STATUS: 'stopped'}.get(process.returncode, 'failed')
+              # -SIGTERM: the signal came before the run could handle it (still starting), so it had nothing to lose
+              ending = {0: 'finished', STOPPED_EXIT_STATUS: 'stopped', -signal.SIGTERM: 'stopped'}.get(process.returncode, 'failed')
               outcome[ending].append(key(run))
               bar.update(len(outcome['finished']) + len(outcome['failed']) + len(outcome['stopped']))
     return outcome
