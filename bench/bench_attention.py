@@ -9,19 +9,17 @@ a change in machine load hits all of them alike, and reports medians. `--profile
 of each model on the fast path, operator by operator (`torch.profiler`), and reports which operators make each
 attention module's time over ResNet-20's. Run `python bench/bench_attention.py --help`.
 """
-import contextlib, io, json, os, platform, random, statistics, tempfile, time
+import contextlib, io, json, os, statistics
 from pathlib import Path
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.profiler import profile, ProfilerActivity, record_function
-from fastai.callback.core import Callback
 from saam_nb.resnet import create_model, count_parameters, count_flops, model_name, parse_model_name
-from saam_nb.data import dataloaders, channel_stats, sample_crop_flip, pad_crop_flip
-from saam_nb.attention import attention_parameters
-from saam_nb.recipe import Recipe, paper_optimizer, split_attention, split_head
+from saam_nb.data import dataloaders
+from saam_nb.recipe import Recipe
 from saam_nb.learner import create_learner
-from saam_nb.hardware import bf16_supported, fast_path, device_name
+from saam_nb.hardware import bf16_supported, fast_path
+from saam_nb.timing import (ModelUnderTest, PlainLoop, TrainPhaseTimer, benchmark_environment, check_device, extra_operators, fastai_epoch,
+                            interleaved_times, operator_calls, operator_profiles, paired_interval, peak_memory, synthetic_cifar, timed, warmup_data)
 from saam_nb.knobs import check_int, check_writable, command
 from saam_nb.comparison import COST_LIMITS
 from saam_nb.paper import peer_attentions
@@ -48,14 +46,6 @@ PROFILE_MODELS = {'none': 'resnet-20', 'se': 'se-1-20', 'se2': 'se-2-20', 'cbam'
 # what `--profile-path` may name: the fast path as `benchmark_paths` picks it, fp32 NCHW, or bf16 autocast and
 # channels_last even where the device has no native bf16 (emulated, slow, with other operator shares: to see what a device with it would run)
 PROFILE_PATHS = {'fast': None, 'fp32': dict(bf16=False, channels_last=False), 'bf16': dict(bf16=True, channels_last=True)}
-PHASES = ('forward', 'backward', 'optimizer')  # the `record_function` ranges of `ModelUnderTest.train_step`, each named 'step:<phase>'
-
-
-def check_device(device:str) -> torch.device:
-    "`device` ('cpu' or 'cuda') as a torch device; a `ValueError` for another name or a GPU that torch cannot see."
-    if device not in ('cpu', 'cuda'): raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-    if device == 'cuda' and not torch.cuda.is_available(): raise ValueError('device: cuda asked for, but no GPU is visible to torch')
-    return torch.device(device)
 
 
 def benchmark_paths(device:torch.device, bf16:bool=False, channels_last:bool=False) -> dict:
@@ -66,94 +56,6 @@ def benchmark_paths(device:torch.device, bf16:bool=False, channels_last:bool=Fal
 
 
 def path_label(path:dict) -> str: return f"{'bf16 autocast' if path['bf16'] else 'fp32'}, {'channels_last' if path['channels_last'] else 'NCHW'}"
-
-
-def synchronize(device:torch.device):
-    "Wait for the device, so that a timer read afterwards includes all queued work."
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
-
-def timed(fn, device:torch.device) -> float:
-    "Seconds that `fn()` takes, work on the device included."
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device, seed:int=0) -> dict:
-    "Seconds of every call of each function in `fns`, one call of each per round in a shuffled order, after `warmup` untimed rounds."
-    for _ in range(warmup):
-        for fn in fns.values(): fn()
-    times, order, rng = {name: [] for name in fns}, list(fns), random.Random(seed)
-    for _ in range(repeats):
-        rng.shuffle(order)  # so that no model always follows the same one (whose caches and allocations it inherits)
-        for name in order: times[name].append(timed(fns[name], device))
-    return times
-
-
-def peak_memory(fn, device:torch.device) -> int:
-    "Peak bytes of tensor memory that `fn()` allocates above what was allocated before the call."
-    if device.type == 'cuda':
-        synchronize(device); torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn(); synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    # torch's CPU allocator keeps no statistics, but the profiler records every allocation and free with its size
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: fn()
-    with tempfile.TemporaryDirectory() as folder:
-        trace = Path(folder)/'trace.json'
-        prof.export_chrome_trace(str(trace))
-        events = sorted((e for e in json.loads(trace.read_text())['traceEvents'] if e.get('name') == '[memory]'), key=lambda e: e['ts'])
-    allocated = peak = 0
-    for event in events:
-        allocated += event['args']['Bytes']
-        peak = max(peak, allocated)
-    return peak
-
-
-def operator_calls(fn) -> int:
-    "How many PyTorch operators `fn()` calls from Python and from autograd, those they call in turn not counted: each pays the dispatcher, and on a GPU most launch a kernel."
-    with profile(activities=[ProfilerActivity.CPU]) as prof: fn()
-    def called_by_operator(event):
-        parent = event.cpu_parent
-        while parent is not None and not parent.name.startswith('aten::'): parent = parent.cpu_parent
-        return parent is not None
-    return sum(1 for e in prof.events() if e.name.startswith('aten::') and not called_by_operator(e))
-
-
-class ModelUnderTest:
-    "A model with its optimizer and one batch on one path, and closures for a training step and an inference pass."
-    def __init__(self,
-        name:str, # paper-style model name
-        bs:int, # batch size
-        seed:int, # seed of the weights and the batch
-        device:torch.device, # where to run
-        bf16:bool=False, # bf16 autocast of the forward pass and the loss
-        channels_last:bool=False, # channels_last memory format for the model and the batch
-    ):
-        torch.manual_seed(seed)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = create_model(name, CLASSES).to(device, memory_format=memory_format)
-        self.optimizer = paper_optimizer(split_head(self.model), lr=0.01, undecayed=attention_parameters(self.model))  # the optimizer training uses
-        self.images = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
-        self.labels = torch.randint(0, CLASSES, (bs,), device=device)
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def train_step(self):
-        "Forward, backward and SGD step on the batch."
-        self.model.train()
-        self.optimizer.zero_grad()
-        # the ranges cost a few µs when no profiler runs; under `profile_step` they tell the phases apart
-        with record_function('step:forward'), torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(self.images), self.labels)
-        with record_function('step:backward'): loss.backward()
-        with record_function('step:optimizer'): self.optimizer.step()
-
-    def inference(self):
-        "A forward pass in eval mode without autograd."
-        self.model.eval()
-        with torch.inference_mode(), torch.autocast(**self.autocast): self.model(self.images)
 
 
 def module_table(paths:dict, bs:int, repeats:int, warmup:int, seed:int, device:torch.device) -> tuple:
@@ -180,65 +82,6 @@ def module_table(paths:dict, bs:int, repeats:int, warmup:int, seed:int, device:t
     return table, raw
 
 
-ENGINE_PREFIX = 'autograd::engine::evaluate_function: '
-
-def operator_key(event) -> tuple|None:
-    """(phase, caller, operator) of a profiler event inside a `train_step`, None outside one. The caller is the
-    operator called from Python that called it (forward, optimizer) or the autograd node whose backward it computes."""
-    names, parent = [], event
-    while parent is not None: names.append(parent.name); parent = parent.cpu_parent
-    phase = next((n for n in names if n.startswith('step:')), None)
-    if phase is None or phase == event.name: return None
-    phase, inside = phase[len('step:'):], names[:names.index(phase)]  # from the event up to its phase's range
-    node = next((n[len(ENGINE_PREFIX):] for n in inside if n.startswith(ENGINE_PREFIX)), None)
-    caller = node if node is not None else inside[-1]  # the autograd node, or the outermost operator
-    return phase, caller, 'autograd engine' if event.name.startswith(ENGINE_PREFIX) else event.name
-
-
-def profile_step(fn) -> dict:
-    "Self CPU µs of every (phase, caller, operator) of one call of `fn`, a `ModelUnderTest.train_step`, summed over the calls of each."
-    with profile(activities=[ProfilerActivity.CPU]) as prof: fn()
-    times = {}
-    for event in prof.events():
-        key = operator_key(event)
-        if key is not None: times[key] = times.get(key, 0.0) + event.self_cpu_time_total
-    return times
-
-
-def operator_profiles(names:list, bs:int, repeats:int, warmup:int, seed:int, device:torch.device, path:dict) -> dict:
-    "Per model, the median over `repeats` interleaved profiled steps of each (phase, caller, operator)'s self CPU µs (0 in a step that lacks it)."
-    models = {name: ModelUnderTest(name, bs, seed, device, **path) for name in names}
-    steps = {name: [] for name in names}
-    for _ in range(warmup):
-        for model in models.values(): model.train_step()
-    order, rng = list(names), random.Random(seed)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order: steps[name].append(profile_step(models[name].train_step))
-    profiles = {}
-    for name, samples in steps.items():
-        keys = sorted(set().union(*samples))
-        profiles[name] = {key: statistics.median(sample.get(key, 0.0) for sample in samples) for key in keys}
-    return profiles
-
-
-def extra_operators(profiles:dict, baseline:str) -> dict:
-    """Per model other than `baseline`: its step's total self CPU ms, by phase too, against the baseline's, and every
-    (phase, caller, operator) with its µs, the baseline's, the difference and its share of the model's extra time, largest first."""
-    base, result = profiles[baseline], {}
-    for name, times in profiles.items():
-        if name == baseline: continue
-        extra = sum(times.values()) - sum(base.values())
-        rows = [dict(phase=phase, caller=caller, operator=operator, model_us=times.get(key, 0.0), baseline_us=base.get(key, 0.0),
-                     extra_us=times.get(key, 0.0) - base.get(key, 0.0)) for key in sorted(set(times) | set(base)) for phase, caller, operator in [key]]
-        for row in rows: row['share'] = row['extra_us'] / extra if extra else float('nan')
-        phases = {phase: dict(model_ms=sum(t for k, t in times.items() if k[0] == phase) / 1e3,
-                              baseline_ms=sum(t for k, t in base.items() if k[0] == phase) / 1e3) for phase in PHASES}
-        result[name] = dict(model_ms=sum(times.values()) / 1e3, baseline_ms=sum(base.values()) / 1e3, extra_ms=extra / 1e3, phases=phases,
-                            operators=sorted(rows, key=lambda r: -r['extra_us']))
-    return result
-
-
 def profile_markdown(extras:dict, baseline:str, top:int) -> str:
     "A summary table of every model's extra time by phase, and the `top` operators of each model's extra time, as markdown."
     lines = [f'| model | step ms | {baseline} ms | extra ms | extra forward ms | extra backward ms | extra optimizer ms |', '|' + ' --- |' * 7]
@@ -256,7 +99,7 @@ def profile_markdown(extras:dict, baseline:str, top:int) -> str:
 def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmup:int, seed:int, top:int, folder:Path, quick:bool) -> dict:
     "Profile `PROFILE_MODELS` on `path`, write the JSON and the markdown tables to `folder`, print the tables; the record."
     names, baseline = list(PROFILE_MODELS.values()), PROFILE_MODELS['none']
-    start_environment = environment(device)
+    start_environment = benchmark_environment(device)
     profiles = operator_profiles(names, bs, repeats, warmup, seed, device, path)
     extras = extra_operators(profiles, baseline)
     record = dict(config=dict(device=device.type, path=path, native_bf16=bf16_supported(device), bs=bs, repeats=repeats, warmup=warmup, seed=seed, quick=quick, baseline=baseline),
@@ -278,13 +121,6 @@ def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmu
     return record
 
 
-def paired_interval(times:list, baseline:list, seed:int=0, resamples:int=2000) -> tuple:
-    "Median and bootstrap 95% interval of the per-round ratios `times[i] / baseline[i]` (both timed in round i)."
-    ratios, rng = [t / b for t, b in zip(times, baseline)], random.Random(seed)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
 def speedup_table(table:pd.DataFrame, raw:dict) -> pd.DataFrame:
     "How many times faster each model trains and infers on the fast path than in fp32 NCHW: ratios of the medians, and the paired ratio of training steps with its interval."
     rows = []
@@ -295,84 +131,6 @@ def speedup_table(table:pd.DataFrame, raw:dict) -> pd.DataFrame:
                          infer_speedup=table.loc[('fp32', attention), 'infer_ms'] / table.loc[('fast', attention), 'infer_ms'],
                          train_paired=paired, train_paired_ci95_low=low, train_paired_ci95_high=high))
     return pd.DataFrame(rows).set_index('model')
-
-
-def synthetic_cifar(images:int, seed:int, valid:int|None=None) -> dict:
-    "Random uint8 images and labels in the layout of `saam_nb.data.load_dataset`: `images` to train, `valid` (default one batch of at most 256) to validate."
-    generator = torch.Generator().manual_seed(seed)
-    def split(count): return (torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator),
-                              torch.randint(0, CLASSES, (count,), generator=generator))
-    return dict(train=split(images), valid=split(min(images, 256) if valid is None else valid), classes=CLASSES)
-
-
-class TrainPhaseTimer(Callback):
-    "Wall-clock seconds, images and batches of the training phase of every epoch (validation excluded), when it began and ended (`time.time()`), and the seconds of every whole epoch."
-    order = -20  # before every other callback, so the times include theirs
-    def __init__(self): self.seconds, self.images, self.batches, self.spans, self.epoch_seconds = [], [], [], [], []
-    def before_epoch(self):
-        synchronize(self.dls.device)
-        self.epoch_start = time.perf_counter()
-    def before_train(self):
-        synchronize(self.dls.device)
-        self.start, self.start_time, self.count, self.steps = time.perf_counter(), time.time(), 0, 0
-    def after_batch(self):
-        if self.training: self.count += len(self.xb[0]); self.steps += 1  # xb: the graphed engine clears yb
-    def after_train(self):
-        synchronize(self.dls.device)
-        self.seconds.append(time.perf_counter() - self.start); self.images.append(self.count); self.batches.append(self.steps)
-        self.spans.append((self.start_time, time.time()))  # comparable across processes, unlike perf_counter
-    def after_epoch(self):
-        synchronize(self.dls.device)
-        self.epoch_seconds.append(time.perf_counter() - self.epoch_start)
-
-
-class PlainLoop:
-    "The training of `create_learner` in plain PyTorch: index, augment and normalise the uint8 batch, then SGD with momentum and L2."
-    def __init__(self,
-        model:torch.nn.Module|str, # a network, or a paper-style model name
-        data:dict, # images and labels as `synthetic_cifar` or `saam_nb.data.load_dataset` return them
-        recipe:Recipe, # batch size, learning rate, momentum and L2 of the training
-        device:torch.device, # where to train
-        bf16:bool=False, # bf16 autocast of the forward pass and the loss
-        channels_last:bool=False, # channels_last memory format for the model and the batches
-    ):
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if isinstance(model, str): model = create_model(model, data['classes'])
-        self.model = model.to(device, memory_format=self.memory_format)
-        base, attention = split_attention(self.model)
-        self.optimizer = torch.optim.SGD([dict(params=base, weight_decay=recipe.weight_decay), dict(params=attention, weight_decay=0.0)],
-                                         lr=recipe.lr, momentum=recipe.momentum, foreach=True)  # multi-tensor, as ForeachSGD
-        mean, std = (torch.tensor(s, device=device).view(1, -1, 1, 1) for s in channel_stats(data['train'][0]))
-        self.data, self.mean, self.std, self.bs, self.device = data, mean, std, recipe.bs, device
-        self.autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def batches(self, split:str, bs:int, shuffle:bool, augment:bool):
-        "Normalised (images, labels) batches of `split` ('train' or 'valid') on the device, pad-crop-flipped if `augment`."
-        images, labels = self.data[split]
-        order = torch.randperm(len(labels)) if shuffle else torch.arange(len(labels))
-        for start in range(0, len(order), bs):
-            index = order[start:start + bs]
-            batch = images[index].to(self.device)
-            if augment: batch = pad_crop_flip(batch, *sample_crop_flip(len(batch), 4, self.device), padding=4)
-            yield ((batch.float() / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format), labels[index].to(self.device)
-
-    def train_epoch(self):
-        "Train one epoch on the training split."
-        self.model.train()
-        for images, labels in self.batches('train', self.bs, shuffle=True, augment=True):
-            with torch.autocast(**self.autocast): loss = F.cross_entropy(self.model(images), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-
-    def validate(self) -> float:
-        "Top-1 accuracy on the validation split, in batches of twice the training batch, as `saam_nb.data.dataloaders` validates."
-        self.model.eval()
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        with torch.no_grad():
-            for images, labels in self.batches('valid', 2 * self.bs, shuffle=False, augment=False):
-                with torch.autocast(**self.autocast): correct += (self.model(images).argmax(1) == labels).sum()
-        return correct.item() / len(self.data['valid'][1])
 
 
 def fit_comparison(model:str, batches:int, repeats:int, path:dict, bs:int, seed:int, device:torch.device) -> tuple:
@@ -394,29 +152,6 @@ def fit_comparison(model:str, batches:int, repeats:int, path:dict, bs:int, seed:
     table = pd.DataFrame([dict(loop=loop, images_per_s=statistics.median(v)) for loop, v in speeds.items()]).set_index('loop')
     table['vs_plain'] = table.images_per_s / table.loc['plain', 'images_per_s']
     return table, dict(images_per_s=speeds)
-
-
-def warmup_data(data:dict, batches:int, bs:int, valid_bs:int) -> dict:
-    "The first `batches` full batches of each split and a last one as large as the split's own last batch, so that warm-up meets every batch shape."
-    def head(split, batch_size):
-        images, labels = data[split]
-        count = min(len(labels), batches * batch_size + len(labels) % batch_size)
-        return images[:count], labels[:count]
-    return dict(train=head('train', bs), valid=head('valid', valid_bs), classes=data['classes'])
-
-
-def fastai_epoch(model:torch.nn.Module, dls, warmup_dls, recipe:Recipe, mixed_precision:bool|None=None, channels_last:bool|None=None,
-                 engine:str|None=None, epochs:int=1) -> dict:
-    "Seconds of the last of `epochs` epochs of `create_learner(model, dls, engine=engine).fit(epochs)` and of its training phase, after an untimed `fit(1)` on `warmup_dls`; precision, layout and engine as `create_learner` takes them."
-    # `compiled` compiles the model in place, once: the timed epochs reuse the warm-up's graphs. `graphed` captures
-    # per Learner, after two eager batches of each shape: only its third epoch replays every batch, the last one included
-    for loaders, n in ((warmup_dls, 1), (dls, epochs)):
-        learn = create_learner(model, loaders, recipe, mixed_precision, channels_last,
-                               engine='eager' if engine == 'compiled' and loaders is dls else engine)
-        timer = TrainPhaseTimer()
-        with learn.no_bar(), learn.no_logging(): learn.fit(n, cbs=timer)
-    # what is not training is the validation pass and the epoch's own set-up
-    return dict(epoch_s=timer.epoch_seconds[-1], train_s=timer.seconds[-1], valid_s=timer.epoch_seconds[-1] - timer.seconds[-1], train_images=timer.images[-1])
 
 
 def epoch_check(train:int, valid:int, warmup:int, path:dict, bs:int, seed:int, device:torch.device) -> dict:
@@ -443,12 +178,6 @@ def ratio_checks(table:pd.DataFrame, raw:dict, fit:pd.DataFrame, fit_speeds:dict
     checks.append(dict(target='fastai / plain loop images/s', limit=f'>= {FIT_TARGET}', ratio=ratio, met=ratio >= FIT_TARGET,
                        paired_median=paired, paired_ci95_low=low, paired_ci95_high=high))
     return checks
-
-
-def environment(device:torch.device) -> dict:
-    "The machine, the libraries and the load, for the record."
-    return dict(device=device_name(device), cpus=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__,
-                python=platform.python_version(), load_average=os.getloadavg())
 
 
 def run_name(device:torch.device, fast:dict, bs:int, quick:bool) -> str:
@@ -495,7 +224,7 @@ def bench_attention(
     if profile: return profile_attention(torch_device, PROFILE_PATHS[profile_path] or paths['fast'], bs, repeats, warmup, seed, check_int('top', top, 1), folder, quick)
     config = dict(device=device, paths=paths, bs=bs, repeats=repeats, warmup=warmup, fit_model=fit_model, fit_batches=fit_batches,
                   fit_repeats=fit_repeats, epoch_train=epoch_train, epoch_valid=epoch_valid, threads=threads, seed=seed, quick=quick)
-    start_environment = environment(torch_device)
+    start_environment = benchmark_environment(torch_device)
     table, raw = module_table(paths, bs, repeats, warmup, seed, torch_device)
     speedup = speedup_table(table, raw)
     fit, fit_speeds = fit_comparison(fit_model, fit_batches, fit_repeats, paths['fast'], bs, seed, torch_device)

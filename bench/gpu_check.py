@@ -11,16 +11,14 @@ markdown table. It trains as the library does (`saam_nb.hardware.fast_path`): bf
 bf16 natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), channels_last there and on every CPU; the record says
 which. Run `python bench/gpu_check.py --help`.
 """
-import json, os, platform, signal, statistics, subprocess, sys, tempfile, time
+import json, os, signal, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
-import fastai
-import saam_nb
 from saam_nb.resnet import create_model, parse_model_name
 from saam_nb.paper import compared_kinds
 from saam_nb.data import dataloaders
 from saam_nb.recipe import Recipe
-from saam_nb.hardware import fast_path, device_name
+from saam_nb.hardware import fast_path
 from saam_nb.learner import create_learner
 from saam_nb.train import canonical_run_key
 from saam_nb.testing import history_without_timings, signal_at_first_checkpoint
@@ -28,7 +26,7 @@ from saam_nb.engine import StopOnRequest, StopRequest
 from saam_nb.lease import start_mps, stop_mps
 from saam_nb.store import ResultsStore, atomic_write
 from saam_nb.knobs import check_int, check_ints, check_names, check_writable, command
-from bench_attention import synthetic_cifar, PlainLoop, TrainPhaseTimer, timed, check_device, warmup_data, fastai_epoch
+from saam_nb.timing import PlainLoop, TrainPhaseTimer, benchmark_environment, check_device, fastai_epoch, synthetic_cifar, timed, warmup_data
 
 # attention kind -> model name at any depth: the paper's models and every registered peer (`saam_nb.paper.compared_kinds`),
 # 'none' for ResNet-D
@@ -236,12 +234,9 @@ def resume_summary(result:dict) -> str:
 
 
 def environment(device:torch.device, path:dict) -> dict:
-    "The machine, the libraries, the precision and the memory format, for the record."
-    gpu = device.type == 'cuda'
-    return dict(device=device_name(device), cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                torch=torch.__version__, cuda=torch.version.cuda if gpu else None, cudnn=torch.backends.cudnn.version() if gpu else None,
-                fastai=fastai.__version__, saam_nb=saam_nb.__version__, python=platform.python_version(),
-                precision='bf16 autocast' if path['bf16'] else 'fp32', memory_format='channels_last' if path['channels_last'] else 'contiguous')
+    "`benchmark_environment` with the precision and the memory format, for the record."
+    return dict(benchmark_environment(device), precision='bf16 autocast' if path['bf16'] else 'fp32',
+                memory_format='channels_last' if path['channels_last'] else 'contiguous')
 
 
 def markdown_table(rows:list) -> str:
