@@ -14,22 +14,23 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from scipy import stats
 from .attention import ATTENTION_TYPES
-from .resnet import canonical_model_name, model_kind, model_name, parse_model_name
+from .resnet import model_kind, model_name, parse_model
+from .store import records_frame
 from .paper import PAPER_TOP1, TABLE_ROWS, compared_kinds, peer_attentions
 
 # %% ../nbs/06_comparison.ipynb #e7714778
 def peer_rows(models) -> list: # model names with runs, e.g. a summary's `model` column
     "Table rows (attention, K, label) of the peers (`peer_attentions`) among `models`, in the registry's order: what a table adds to the paper's rows."
-    specs = [parse_model_name(model) for model in models]
+    specs = [parse_model(model) for model in models]
     rows = []
     for attention in peer_attentions():
         entry = ATTENTION_TYPES[attention]
-        for paths in sorted({s['paths'] for s in specs if s['attention'] == attention}, key=lambda k: k or 0):
+        for paths in sorted({s.paths for s in specs if s.attention == attention}, key=lambda k: k or 0):
             rows.append((attention, paths, entry.label if paths in (None, entry.paths) else f'{entry.label}-{paths}'))
     return rows
 
 def accuracy_table(
-    summary:pd.DataFrame, # from `saam_nb.ablation.summarize`
+    summary:pd.DataFrame, # from `saam_nb.experiments.summarize`
     dataset:str, # 'cifar10' (Table II) or 'cifar100' (Table III), or the label of another dataset
     depths:list=(20, 56, 110), # table columns
     paper_dataset:str|None=None, # whose paper numbers go beside ours (default `dataset`; 'cifar10' for cifar10-jpeg)
@@ -58,9 +59,9 @@ def paired_difference(
     recipe_id:str|None=None, # keep runs of this recipe (`Recipe.id()`)
 ) -> dict: # seeds, differences (points of top-1 %), mean, their sample std `sd`, 95% interval (None for fewer than 2 pairs), n
     "Top-1 of `model` minus top-1 of `baseline` (any spelling of either), seed by seed over the seeds both have finished, with a 95% t-interval of the mean."
-    model, baseline = canonical_model_name(model), canonical_model_name(baseline)
-    def top1(name): return {r['seed']: 100 * r['top1'] for r in records if r['status'] == 'finished' and canonical_model_name(r['model']) == name
-                            and r['dataset'] == dataset and r['epochs'] == epochs and (recipe_id is None or r['key'].endswith(recipe_id))}
+    model, baseline = parse_model(model).name, parse_model(baseline).name
+    runs = records_frame(records, status='finished', dataset=dataset, epochs=epochs, recipe_id=recipe_id, model=[model, baseline])
+    def top1(name): return {seed: 100 * top1 for seed, top1 in zip(runs.seed[runs.model == name], runs.top1[runs.model == name])}
     ours, theirs = top1(model), top1(baseline)
     seeds = sorted(set(ours) & set(theirs))
     differences = [ours[s] - theirs[s] for s in seeds]
@@ -150,8 +151,8 @@ def compare_pairs(
 ) -> list: # one dict per pair: `paired_difference`'s, plus `paper`, `seeds_needed` and `sentence`
     "Every paired comparison of a setting, beside the paper's difference, with the seeds a 95% interval would need if the paper's difference were true."
     if pairs is None:
-        trained = {canonical_model_name(r['model']) for r in records if r['status'] == 'finished' and r['dataset'] == dataset and r['epochs'] == epochs}
-        peers = [model_kind(a, k) for a, k, _ in peer_rows([m for m in trained if parse_model_name(m)['depth'] == depth])]
+        trained = records_frame(records, status='finished', dataset=dataset, epochs=epochs, depth=depth).model.unique()
+        peers = [model_kind(a, k) for a, k, _ in peer_rows(trained)]
         pairs = COMPARISON_PAIRS + [(kind, 'resnet') for kind in peers] + [('saam-1', kind) for kind in peers]
     rows = []
     for kind, baseline_kind in pairs:
@@ -172,7 +173,7 @@ def differences_table(comparisons:list) -> pd.DataFrame: # from `compare_pairs`
 
 # %% ../nbs/06_comparison.ipynb #e4e69389
 def setting_table(
-    summaries:dict, # one column of ours per schedule: {epochs: `saam_nb.ablation.summarize(records, epochs, recipe)`}, e.g. for 30 and 182
+    summaries:dict, # one column of ours per schedule: {epochs: `saam_nb.experiments.summarize(records, epochs, recipe)`}, e.g. for 30 and 182
     dataset:str, # our dataset label, e.g. 'cifar100-rebuilt'
     depth:int=20, # the ResNet depth
 ) -> pd.DataFrame:
@@ -195,8 +196,9 @@ def plot_validation_curves(
     "Validation top-1 (%) per epoch, the mean over each model's finished seeds (seed count in the legend), one line per model; the learning-rate drops the runs recorded as dotted lines."
     fig, axes = plt.subplots(1, 2 if zoom_last else 1, figsize=(11 if zoom_last else 7, 4.2), squeeze=False)
     ax, drops = axes[0, 0], set()
-    for model in models:
-        runs = [r['history'] for r in records if r['status'] == 'finished' and canonical_model_name(r['model']) == canonical_model_name(model) and r['dataset'] == dataset and r['epochs'] == epochs]
+    finished = records_frame(records, status='finished', dataset=dataset, epochs=epochs)
+    for model in (parse_model(m).name for m in models):
+        runs = finished.history[finished.model == model].tolist()
         if not runs: continue
         curve = [100 * sum(h[e]['accuracy'] for h in runs) / len(runs) for e in range(epochs)]
         line, = ax.plot(range(1, epochs + 1), curve, label=f"{model} ({len(runs)} seed{'s' * (len(runs) > 1)})")
@@ -265,9 +267,9 @@ def claims_table(
 ) -> pd.DataFrame:
     "One row per claim of the paper and setting we tested it in (dataset, schedule), with our paired difference and a verdict; built from the records."
     rows = []
+    finished = records_frame(records, status='finished', dataset=list(datasets))
     for claim, model, baseline, direction in CLAIMS:
-        settings = sorted({(r['dataset'], r['epochs']) for r in records
-                           if r['status'] == 'finished' and r['dataset'] in datasets and canonical_model_name(r['model']) == model})
+        settings = sorted(set(zip(finished.dataset[finished.model == model].tolist(), finished.epochs[finished.model == model].tolist())))
         tested = [(d, e, paired_difference(records, model, baseline, d, e, recipe_id)) for d, e in settings]
         tested = [(d, e, diff) for d, e, diff in tested if diff['n']]
         for dataset, epochs, diff in tested:

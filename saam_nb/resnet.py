@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 'BasicBlock', 'check_depth', 'CifarResNet',
-           'model_prefixes', 'parse_model_name', 'model_kind', 'model_name', 'canonical_model_name', 'create_model',
-           'count_parameters', 'count_flops', 'overheads_table']
+           'model_prefixes', 'parse_model_name', 'model_kind', 'model_name', 'ModelSpec', 'parse_model',
+           'canonical_model_name', 'create_model', 'count_parameters', 'count_flops', 'overheads_table']
 
 # %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -144,22 +145,37 @@ def model_name(
     "The paper-style name of a model, the inverse of `parse_model_name`."
     return f'{model_kind(attention, paths)}-{depth}'
 
+@dataclass(frozen=True)
+class ModelSpec:
+    "A model as `parse_model` read it from its name, once: what inner code passes instead of the string."
+    attention:str # a registered attention type, e.g. 'saam'; 'none' for the plain ResNet
+    paths:int|None # K; None for a type without paths
+    depth:int # D = 6n + 2
+    @property
+    def name(self) -> str: return model_name(self.attention, self.depth, self.paths)  # the one name: keys, records, tables, figures
+    @property
+    def kind(self) -> str: return model_kind(self.attention, self.paths)
+
+def parse_model(model:str|ModelSpec) -> ModelSpec: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20', or a spec
+    "The spec of the model `model` names; a spec passes through, so that whoever got one never parses again."
+    return model if isinstance(model, ModelSpec) else ModelSpec(**parse_model_name(model))
+
 def canonical_model_name(name:str) -> str: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20'
     "The one name of the model `name` parses to (lower case, no leading zeros): what run keys, records, tables and figures use."
-    return model_name(**parse_model_name(name))
+    return parse_model(name).name
 
 # %% ../nbs/02_resnet.ipynb #f877ba89
 def create_model(
-    name:str, # paper-style name, e.g. 'saam-1-20'
+    name:str|ModelSpec, # paper-style name in any spelling, e.g. 'saam-1-20', or its `ModelSpec`
     num_classes:int=10, # 10 for CIFAR-10, 100 for CIFAR-100
     pretrained:str|None=None, # a dataset whose final 182-epoch weights ship with the library, e.g. 'cifar100-rebuilt' (`02d_weights`)
     weights_dir:str|Path|None=None, # where the weights are; default the package's own
     **kwargs, # more `CifarResNet` arguments, e.g. `reduction`
 ) -> CifarResNet:
     "Build the CIFAR ResNet called `name`, with the shipped weights of a dataset if asked."
-    spec = parse_model_name(name)
-    model = CifarResNet(spec['depth'], num_classes, spec['attention'], paths=spec['paths'], **kwargs)
-    return load_pretrained(model, canonical_model_name(name), pretrained, weights_dir) if pretrained else model
+    spec = parse_model(name)
+    model = CifarResNet(spec.depth, num_classes, spec.attention, paths=spec.paths, **kwargs)
+    return load_pretrained(model, spec.name, pretrained, weights_dir) if pretrained else model
 
 # %% ../nbs/02_resnet.ipynb #21ba2c9c
 def count_parameters(model:nn.Module) -> int: # any network

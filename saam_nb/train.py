@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['STOPPED_EXIT_STATUS', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'bare_model',
-           'RunCheckpoint', 'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'check_run_args',
-           'canonical_run_key', 'train_run', 'saam_train', 'load_run']
+           'RunCheckpoint', 'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'RunSpec', 'parse_run',
+           'check_run_args', 'canonical_run_key', 'train_run', 'saam_train', 'load_run']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
 import contextlib, math, os, random, sys, time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from .resnet import canonical_model_name
+from .resnet import ModelSpec, create_model, parse_model
 from .knobs import check_int, check_folder, check_writable, command
 from .data import check_dataset, dataset_label, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
@@ -111,27 +111,49 @@ def data_parallel_device() -> torch.device|None:
     return torch.device('cuda', torch.cuda.current_device())
 
 # %% ../nbs/04_train.ipynb #f49881b2
+@dataclass(frozen=True)
+class RunSpec:
+    "A run as `parse_run` read it, once, where its user handed it in: what inner code passes instead of the strings."
+    model:ModelSpec # the model's spec (`parse_model`)
+    dataset:str # the dataset's label (`dataset_label`)
+    epochs:int # epochs of the step schedule
+    seed:int # seed of every random number generator
+    recipe:Recipe # the training recipe
+    @property
+    def key(self) -> str: return run_key(self.model.name, self.dataset, self.epochs, self.seed, self.recipe)  # its results-store key
+    def record_fields(self) -> dict:
+        "What the run's record says of it: its key and every field that queries filter by (`records_frame`)."
+        return dict(key=self.key, model=self.model.name, **asdict(self.model), dataset=self.dataset, epochs=self.epochs, seed=self.seed,
+                    recipe=asdict(self.recipe), recipe_id=self.recipe.id())
+
+def parse_run(
+    model:str|ModelSpec, # any spelling of a model name, e.g. 'SAAM-1-20', or its spec
+    dataset:str|Path, # a dataset name or image-folder path, as `check_dataset` accepts
+    epochs:int, seed:int, recipe:Recipe=Recipe(), # the rest of the run
+) -> RunSpec:
+    "The spec of a run however its user spelled it; a `ValueError` that names the bad argument."
+    return RunSpec(parse_model(model), dataset_label(check_dataset(dataset)), check_int('epochs', epochs, 1), check_int('seed', seed, 0), recipe)
+
 def check_run_args(
-    model:str, dataset:str, epochs:int, seed:int, # what to train
-    data_dir:str|Path|None=None, results:str|Path='results', bs:int=128, # where, and the batch size
-):
-    "Validate a run's arguments before any work, each by the check of its kind; a `ValueError` that names the bad one."
-    canonical_model_name(model)
-    check_dataset(dataset)
-    check_int('epochs', epochs, 1); check_int('seed', seed, 0); check_int('bs', bs, 1)
-    check_folder('data_dir', data_dir); check_writable('results', results)
+    model:str|ModelSpec, dataset:str, epochs:int, seed:int, # what to train
+    data_dir:str|Path|None=None, results:str|Path='results', recipe:Recipe=Recipe(), # where, and how
+) -> RunSpec:
+    "Validate a run's arguments before any work, each by the check of its kind, and return its spec; a `ValueError` that names the bad one."
+    run = parse_run(model, dataset, epochs, seed, recipe)
+    check_int('bs', recipe.bs, 1); check_folder('data_dir', data_dir); check_writable('results', results)
+    return run
 
 def canonical_run_key(
-    model:str, # any spelling of a model name, e.g. 'SAAM-1-20'
+    model:str|ModelSpec, # any spelling of a model name, e.g. 'SAAM-1-20'
     dataset:str|Path, # a dataset name or image-folder path, as `check_dataset` accepts
     epochs:int, seed:int, recipe:Recipe, # the rest of the run
 ) -> str:
-    "The results-store key of a run however its user spelled it: the canonical model name (`canonical_model_name`) and the dataset's label."
-    return run_key(canonical_model_name(model), dataset_label(dataset), epochs, seed, recipe)
+    "The results-store key of a run however its user spelled it: the canonical model name and the dataset's label (`RunSpec.key`)."
+    return parse_run(model, dataset, epochs, seed, recipe).key
 
 # %% ../nbs/04_train.ipynb #0205242a
 def train_run(
-    model:str, # paper-style model name, e.g. 'saam-1-20'
+    model:str|ModelSpec, # paper-style model name in any spelling, e.g. 'saam-1-20', or its spec
     dataset:str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'cifar100-rebuilt', 'digits', or the path of an image folder (.tar/.tar.gz)
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
@@ -149,19 +171,18 @@ def train_run(
 ) -> dict: # the run's record; status 'stopped' (not stored) when asked to stop before its last epoch
     "Train one run to its end (resuming from its checkpoint if any) and return its record from the results store."
     # In a data-parallel launch every process runs this; rank 0 writes checkpoints and the record, each rank its weights.
-    check_run_args(model, dataset, epochs, seed, data_dir, results, recipe.bs)
+    run = check_run_args(model, dataset, epochs, seed, data_dir, results, recipe)
     with (stop or StopRequest()).installed() as stop:  # from here on a stop signal is a request, never an abrupt end
         rank, world_size = rank_distrib(), max(num_distrib(), 1)
         device = data_parallel_device() or device
-        model = canonical_model_name(model)  # one name per model in keys and records, however the user spelled it
-        store, key = ResultsStore(results), canonical_run_key(model, dataset, epochs, seed, recipe)
+        store, key = ResultsStore(results), run.key
         if store.finished(key) and not force: return store.get(key)
         checkpoint = store.checkpoint_path(key)
         if force and rank == 0: checkpoint.unlink(missing_ok=True)
         set_seed(seed, reproducible=True)
         dls = dataloaders(load_dataset(dataset, data_dir, download), recipe.bs, device, recipe.augment)
         engine = check_engine(engine, dls.device)
-        learn = create_learner(model, dls, recipe, mixed_precision, engine=engine)
+        learn = create_learner(create_model(run.model, num_classes=dls.c), dls, recipe, mixed_precision, engine=engine)
         saved = torch.load(checkpoint, map_location=dls.device, weights_only=False) if checkpoint.exists() else None
         unrestored_rng = []
         if saved:
@@ -174,7 +195,7 @@ def train_run(
         stretch = dict(start_epoch=len(history), device=device_name(dls.device), engine=engine, threads=torch.get_num_threads(),
                        world_size=world_size, unrestored_rng=unrestored_rng, started=time.strftime('%Y-%m-%dT%H:%M:%S'))
         run_checkpoint = RunCheckpoint(checkpoint if rank == 0 else None, history, [*(saved or {}).get('stretches', []), stretch])
-        record = dict(key=key, model=model, dataset=dataset_label(dataset), epochs=epochs, seed=seed, recipe=asdict(recipe), world_size=world_size,
+        record = dict(**run.record_fields(), world_size=world_size,
                       mixed_precision=hasattr(learn, 'bf16_autocast'), channels_last=hasattr(learn, 'channels_last'), engine=engine,
                       **environment(dls.device), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
         start, start_epoch = time.time(), len(history)
