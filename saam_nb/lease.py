@@ -13,7 +13,7 @@ import torch
 from .data import file_digest, load_dataset
 from .knobs import check_int, check_names, check_writable, command
 from .store import ResultsStore, atomic_write
-from .sweep import canonical_runs, check_runs, run_sweep, sweep_key
+from .sweep import check_runs, run_sweep
 
 # %% ../nbs/11a_lease.ipynb #448933f3
 STASH = Path('/dev/shm/saam_lease')  # where a device machine keeps what one call brought for the next (RAM, kept while the machine is warm)
@@ -184,10 +184,9 @@ def saam_lease(
     out = check_writable('out', out or os.environ.get('OUT') or 'lease_out')
     runs = parse_runs(runs)
     if pieces: print(f"joined {join_pieces(pieces, check_writable('data_dir', data_dir or 'data'))}", flush=True)
-    check_runs(runs, epochs, results, data_dir, bs)
-    runs = canonical_runs(runs)
+    runs = check_runs(runs, epochs, results, data_dir, bs)
     for dataset in dict.fromkeys(run['dataset'] for run in runs): load_dataset(dataset, data_dir)  # decode once, not once per process
-    keys = [sweep_key(run, epochs, bs) for run in runs]
+    keys = [run['spec'].key for run in runs]
     env = None
     with tempfile.TemporaryDirectory() as folder:
         if device == 'cuda': env = start_mps(Path(folder))

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHORTCUTS', 'MODEL_NAME', 'ZeroPadShortcut', 'projection_shortcut', 'BasicBlock', 'check_depth', 'CifarResNet',
-           'model_prefixes', 'parse_model_name', 'model_kind', 'model_name', 'ModelSpec', 'parse_model',
-           'canonical_model_name', 'create_model', 'count_parameters', 'count_flops', 'overheads_table']
+           'model_prefixes', 'parse_model_name', 'model_kind', 'model_name', 'ModelSpec', 'parse_model', 'create_model',
+           'count_parameters', 'count_flops', 'overheads_table']
 
 # %% ../nbs/02_resnet.ipynb #c430bdd5
 import re
@@ -159,10 +159,6 @@ class ModelSpec:
 def parse_model(model:str|ModelSpec) -> ModelSpec: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20', or a spec
     "The spec of the model `model` names; a spec passes through, so that whoever got one never parses again."
     return model if isinstance(model, ModelSpec) else ModelSpec(**parse_model_name(model))
-
-def canonical_model_name(name:str) -> str: # any spelling `parse_model_name` accepts, e.g. 'SAAM-01-20'
-    "The one name of the model `name` parses to (lower case, no leading zeros): what run keys, records, tables and figures use."
-    return parse_model(name).name
 
 # %% ../nbs/02_resnet.ipynb #f877ba89
 def create_model(
