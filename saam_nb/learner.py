@@ -9,6 +9,7 @@ __all__ = ['BF16Autocast', 'compile_model', 'create_learner']
 from functools import partial
 import torch
 from fastai.learner import Learner
+import fastai.callback.schedule  # patches Learner with fit_one_cycle, fine_tune and lr_find, as `fastai.vision.all` would
 from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
 from fastai.metrics import accuracy

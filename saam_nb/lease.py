@@ -176,11 +176,12 @@ def saam_lease(
     bs:int=128, # batch size
     device:str='cuda', # 'cuda' (one GPU, under MPS where it runs) or 'cpu' (to try the command anywhere)
     engine:str=None, # how each step runs: eager, compiled or graphed (`04a_engine`); default graphed on CUDA
-) -> dict: # the sweep's outcome
+): # (its outcome goes to --out as lease_outcome.json: a console command's return value would be its exit status)
     "Train the unfinished runs of a priority list until shortly before the lease ends, then pack their records, checkpoints and logs into --out."
     start = time.time()
     seconds, epochs, slots, margin = (check_int(n, v, low) for n, v, low in (('seconds', seconds, 1), ('epochs', epochs, 1), ('slots', slots, 1), ('margin', margin, 0)))
     if device not in ('cuda', 'cpu'): raise ValueError(f"device: expected cuda or cpu, got {device!r}")
+    if device == 'cuda' and not torch.cuda.is_available(): raise ValueError("device: cuda asked for, but no GPU is visible to torch (--device cpu trains on the CPU)")
     out = check_writable('out', out or os.environ.get('OUT') or 'lease_out')
     runs = parse_runs(runs)
     if pieces: print(f"joined {join_pieces(pieces, check_writable('data_dir', data_dir or 'data'))}", flush=True)
@@ -204,7 +205,6 @@ def saam_lease(
     atomic_write(Path(out)/'lease_outcome.json', lambda f: f.write(json.dumps(outcome, indent=1).encode()))
     print(f"saam_lease: {len(outcome['finished'])} finished, {len(outcome['stopped'])} stopped (checkpointed), {len(outcome['failed'])} failed, "
           f"{len(outcome['not_started'])} not started, {len(outcome['skipped'])} finished before; {outcome['seconds']:.0f} s; packed into {manifest}")
-    return outcome
 
 # %% ../nbs/11a_lease.ipynb #94c4beed
 #| eval: false

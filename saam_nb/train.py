@@ -229,7 +229,7 @@ def saam_train(
     results:str='results', # folder of the results store
     bs:int=128, # batch size
     fp32:bool=False, # train in float32 (default: bf16 autocast where the device has native bf16)
-    download:bool=True, # download CIFAR when its files are missing
+    download:bool=True, # download CIFAR when its files are missing (--no-download: never download)
     force:bool=False, # train again even if the run has a finished record
     cpu:bool=False, # train on the CPU even when a GPU is present
     engine:str=None, # how a step runs: eager, compiled (torch.compile) or graphed (one CUDA graph per step); default graphed on CUDA, eager elsewhere
