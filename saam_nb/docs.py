@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['PAGE', 'SITE_CSS', 'front_matter', 'processed_notebook', 'as_nbformat', 'unlink_code_blocks', 'drop_style_blocks',
            'local_doc_links', 'apply_cell_options', 'notebook_markdown', 'render_readme', 'heading_id', 'SiteRenderer',
-           'pandoc_links_to_html', 'SiteExporter', 'relink', 'link_local_files', 'page_html', 'build_site',
-           'build_docs', 'import_graph', 'import_layers', 'plot_import_graph']
+           'pandoc_links_to_html', 'SiteExporter', 'relink', 'link_local_files', 'member_anchors', 'page_html',
+           'build_site', 'build_docs', 'import_graph', 'import_layers', 'plot_import_graph']
 
 # %% ../nbs/10_docs.ipynb #47f57d87
 import html, json, os, re, shutil
@@ -194,6 +194,19 @@ def link_local_files(
                 shutil.copy2(file, dest/place)
             element[attribute] = target._replace(path=place.as_posix()).geturl()
 
+# %% ../nbs/10_docs.ipynb #f2236ca1
+def member_anchors(
+    soups:dict, # every page's file name -> its soup; links changed in place
+):
+    "Point each link to `page.html#class.member` that `page.html` has no anchor for at the class's anchor, `page.html#class`."
+    ids = {page: {element['id'] for element in soup.find_all(id=True)} for page, soup in soups.items()}
+    for page, soup in soups.items():
+        for link in soup.find_all('a', href=True):
+            target = urlsplit(link['href'])
+            anchors = ids.get(target.path or page) if not (target.scheme or target.netloc) else None
+            owner = target.fragment.rpartition('.')[0]
+            if anchors and target.fragment not in anchors and owner in anchors: link['href'] = target._replace(fragment=owner).geturl()
+
 # %% ../nbs/10_docs.ipynb #2238340c
 PAGE = Environment(autoescape=True).from_string("""<!DOCTYPE html>
 <html lang="en">
@@ -275,13 +288,14 @@ def build_site(
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     (dest/'site.css').write_text(SITE_CSS + HtmlFormatter().get_style_defs('.highlight'))
-    exporter = SiteExporter()
+    exporter, soups = SiteExporter(), {}
     for name, (nb, meta) in notebooks.items():
         body, _ = exporter.from_notebook_node(apply_cell_options(as_nbformat(nb)))
-        soup = BeautifulSoup(body, 'html.parser')
+        soups[pages[name]] = soup = BeautifulSoup(body, 'html.parser')
         relink(soup, pages, cfg.doc_host + cfg.doc_baseurl, f'{cfg.git_url}/blob/{cfg.branch}/', os.path.relpath(cfg.config_path, cfg.nbs_path))
         link_local_files(soup, set(pages.values()), cfg.nbs_path, cfg.config_path, dest)
-        (dest/pages[name]).write_text(page_html(str(soup), meta, pages[name], titles, cfg.title))
+    member_anchors(soups)
+    for name, (nb, meta) in notebooks.items(): (dest/pages[name]).write_text(page_html(str(soups[pages[name]]), meta, pages[name], titles, cfg.title))
     return {name: dest/page for name, page in pages.items()}
 
 # %% ../nbs/10_docs.ipynb #392010e1
