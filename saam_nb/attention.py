@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 from .knobs import check_int
-from .aggregation import check_feature_map, check_kernel_size, score_aggregate, score_descriptors, spatial_softmax, ScoreMap
+from .aggregation import check_feature_map, check_kernel_size, check_paths, score_aggregate, score_descriptors, spatial_softmax, ScoreMap
 
 # %% ../nbs/01_attention.ipynb #f7f66db7
 class AttentionModule(nn.Module):
@@ -163,6 +163,7 @@ def register_attention(
         raise ValueError(f"name: expected lower-case letters, digits or '_' after a letter ('-' separates the parts of a model name), got {name!r}")
     if name in ATTENTION_TYPES or name in ATTENTION_ALIASES or name in RESERVED_NAMES:
         raise ValueError(f"name: {name!r} is taken (unregister_attention frees a registered one); registered: {attention_names()}")
+    if label is not None and not (isinstance(label, str) and label.strip()): raise ValueError(f"label: expected a non-empty string, got {label!r}")
     if not (isinstance(module, type) and issubclass(module, AttentionModule)):
         raise TypeError(f"module: expected a subclass of AttentionModule (training finds its parameters by it), got {module!r}")
     entry = AttentionType(name, module, None if paths is None else check_int('paths', paths, 1), name.upper() if label is None else label)
@@ -205,9 +206,9 @@ def create_attention(
 ) -> nn.Module:
     "Build the attention module called `name` for `channels` channels (`nn.Identity` for 'none')."
     entry = attention_type(name)
-    if entry.name == 'none': return nn.Identity()
     if paths is not None and entry.paths is None: raise ValueError(f"paths: {name!r} has no paths, got {paths!r}")
     if reduction is not None and not entry.takes('reduction'): raise ValueError(f"reduction: {name!r} has no MLP to reduce, got {reduction!r}")
+    if entry.name == 'none': return nn.Identity()
     if reduction is not None: kwargs['reduction'] = reduction
     if entry.paths is not None: kwargs['paths'] = entry.paths if paths is None else paths
     return entry.module(channels, **kwargs)
@@ -221,7 +222,7 @@ class GlobalContext(AttentionModule):
         paths:int=1, # K, the number of score convs (GCNet has one)
     ):
         super().__init__(channels, reduction)
-        self.paths = check_int('paths', paths, 1)
+        self.paths = check_paths(paths)
         self.score_conv = nn.Conv2d(channels, paths, 1)
         nn.init.kaiming_normal_(self.score_conv.weight, mode='fan_in', nonlinearity='relu')  # as GCNet's code and timm initialise it
         self.mlp = ExcitationMLP(channels, reduction, hidden_norm=True)

@@ -114,7 +114,7 @@ def parse_model_name(
     name:str, # e.g. 'resnet-20', 'se-1-56', 'se-2-20', 'cbam-2-110', 'saam-4-20', 'gc-1-20', 'eca-20'
 ) -> dict: # attention, paths (None for a type without) and depth
     "Split a paper-style model name into `attention`, `paths` and `depth`; a `ValueError` for a malformed name, an unregistered type, K where the type has none (or none where it has), a depth not 6n+2, or K < 1."
-    match = MODEL_NAME.match(name.lower()) if isinstance(name, str) else None
+    match = MODEL_NAME.fullmatch(name.lower()) if isinstance(name, str) else None  # fullmatch: '$' would let a trailing newline through
     if match is None or match['prefix'] not in model_prefixes():
         raise ValueError(f"model: expected 'resnet-D', 'TYPE-K-D' or, for a type without paths, 'TYPE-D' (e.g. 'saam-4-20', 'eca-20'), "
                          f"with TYPE one of {model_prefixes()[1:]}, got {name!r}")
@@ -170,6 +170,7 @@ def create_model(
 ) -> CifarResNet:
     "Build the CIFAR ResNet called `name`, with the shipped weights of a dataset if asked."
     spec = parse_model(name)
+    if 'paths' in kwargs: raise ValueError(f"paths: the model name gives K (e.g. 'saam-2-20'), got paths={kwargs['paths']!r} beside {spec.name!r}")
     model = CifarResNet(spec.depth, num_classes, spec.attention, paths=spec.paths, **kwargs)
     return load_pretrained(model, spec.name, pretrained, weights_dir) if pretrained else model
 

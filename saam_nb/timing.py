@@ -21,6 +21,7 @@ from .attention import attention_parameters
 from .recipe import Recipe, paper_optimizer, split_attention, split_head
 from .learner import create_learner
 from .hardware import environment
+from .knobs import check_int
 
 # %% ../nbs/08a_timing.ipynb #405cd4b8
 def check_device(device:str) -> torch.device:
@@ -29,11 +30,12 @@ def check_device(device:str) -> torch.device:
     if device == 'cuda' and not torch.cuda.is_available(): raise ValueError('device: cuda asked for, but no GPU is visible to torch')
     return torch.device(device)
 
-def synchronize(device:torch.device):
+def synchronize(device:torch.device|str):
     "Wait for the device, so that a timer read afterwards includes all queued work."
+    device = torch.device(device)
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
-def timed(fn, device:torch.device) -> float:
+def timed(fn, device:torch.device|str) -> float:
     "Seconds that `fn()` takes, work on the device included."
     synchronize(device)
     start = time.perf_counter()
@@ -41,8 +43,9 @@ def timed(fn, device:torch.device) -> float:
     synchronize(device)
     return time.perf_counter() - start
 
-def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device, seed:int=0) -> dict:
+def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device|str, seed:int=0) -> dict:
     "Seconds of every call of each function in `fns`, one call of each per round in a shuffled order, after `warmup` untimed rounds."
+    repeats, warmup = check_int('repeats', repeats, 1), check_int('warmup', warmup, 0)
     for _ in range(warmup):
         for fn in fns.values(): fn()
     times, order, rng = {name: [] for name in fns}, list(fns), random.Random(seed)
@@ -53,6 +56,7 @@ def interleaved_times(fns:dict, repeats:int, warmup:int, device:torch.device, se
 
 def paired_interval(times:list, baseline:list, seed:int=0, resamples:int=2000) -> tuple:
     "Median and bootstrap 95% interval of the per-round ratios `times[i] / baseline[i]` (both timed in round i)."
+    if not times or len(times) != len(baseline): raise ValueError(f'times: expected one time per round of the baseline, got {len(times)} and {len(baseline)}')
     ratios, rng = [t / b for t, b in zip(times, baseline)], random.Random(seed)
     medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
     return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
