@@ -9,7 +9,7 @@ a change in machine load hits all of them alike, and reports medians. `--profile
 of each model on the fast path, operator by operator (`torch.profiler`), and reports which operators make each
 attention module's time over ResNet-20's. Run `python bench/bench_attention.py --help`.
 """
-import contextlib, io, json, os, statistics
+import contextlib, io, json, os, statistics, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -19,7 +19,8 @@ from saam_nb.recipe import Recipe
 from saam_nb.learner import create_learner
 from saam_nb.hardware import bf16_supported, fast_path
 from saam_nb.timing import (ModelUnderTest, PlainLoop, TrainPhaseTimer, benchmark_environment, check_device, extra_operators, fastai_epoch,
-                            interleaved_times, operator_calls, operator_profiles, paired_interval, peak_memory, synthetic_cifar, timed, warmup_data)
+                            interleaved_times, operator_calls, operator_profiles, paired_interval, peak_memory, store_benchmark, synthetic_cifar,
+                            timed, warmup_data)
 from saam_nb.knobs import check_int, check_writable, command
 from saam_nb.comparison import COST_LIMITS
 from saam_nb.paper import peer_attentions
@@ -96,10 +97,10 @@ def profile_markdown(extras:dict, baseline:str, top:int) -> str:
     return '\n'.join(lines)
 
 
-def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmup:int, seed:int, top:int, folder:Path, quick:bool) -> dict:
-    "Profile `PROFILE_MODELS` on `path`, write the JSON and the markdown tables to `folder`, print the tables; the record."
+def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmup:int, seed:int, top:int, folder:Path, quick:bool, results) -> dict:
+    "Profile `PROFILE_MODELS` on `path`, write the JSON and the markdown tables to `folder` (and the record to the store `results`, if any), print the tables; the record."
     names, baseline = list(PROFILE_MODELS.values()), PROFILE_MODELS['none']
-    start_environment = benchmark_environment(device)
+    start_environment, started = benchmark_environment(device), time.strftime('%Y-%m-%dT%H:%M:%S')
     profiles = operator_profiles(names, bs, repeats, warmup, seed, device, path)
     extras = extra_operators(profiles, baseline)
     record = dict(config=dict(device=device.type, path=path, native_bf16=bf16_supported(device), bs=bs, repeats=repeats, warmup=warmup, seed=seed, quick=quick, baseline=baseline),
@@ -110,6 +111,7 @@ def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmu
     folder.mkdir(parents=True, exist_ok=True)
     Path(f'{stem}.json').write_text(json.dumps(record, indent=1))
     Path(f'{stem}.md').write_text(table + '\n')
+    if results: store_benchmark(record, stem.name, results, started)
     env = start_environment
     emulated = ' (emulated: no native bf16 on this device)' if path['bf16'] and not record['config']['native_bf16'] else ''
     print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; {path_label(path)}{emulated}, batch {bs}, "
@@ -117,7 +119,7 @@ def profile_attention(device:torch.device, path:dict, bs:int, repeats:int, warmu
     print('self CPU time under torch.profiler, which adds a few µs to every operator; caller: the operator called from Python (forward, optimizer) '
           'or the autograd node (backward)\n')
     print(table)
-    print(f'\nwrote {stem}.json, {stem}.md')
+    print(f'\nwrote {stem}.json, {stem}.md' + (f' and the record to {results}/benchmarks' if results else ''))
     return record
 
 
@@ -206,6 +208,7 @@ def bench_attention(
     profile_path:str='fast', # the path `--profile` profiles: 'fast' (as above), 'fp32' (NCHW) or 'bf16' (autocast and channels_last, emulated where the device has no native bf16)
     top:int=12, # operators of each model's extra time that `--profile` tabulates (the JSON has all)
     out:str=str(Path(__file__).parent/'results'), # folder for the CSV and JSON results (with `--profile`: JSON and markdown)
+    results:str=None, # a results store (e.g. nbs/records) to add the record to, in its benchmarks/ folder, where 08_benchmark reads it
 ):
     "Time ResNet-20 with every attention module on the fast path and in fp32 NCHW, fastai against a plain loop, and a whole CIFAR epoch; print the tables and the targets. Or profile them."
     # one thread unless asked: on a loaded machine a multi-threaded op can wait a whole time slice for a sibling thread
@@ -215,16 +218,16 @@ def bench_attention(
         (('bs', bs), ('repeats', repeats), ('warmup', warmup), ('fit_batches', fit_batches), ('fit_repeats', fit_repeats)))
     epoch_train, epoch_valid, seed = check_int('epoch_train', epoch_train, 0), check_int('epoch_valid', epoch_valid, 1), check_int('seed', seed, 0)
     if threads is not None: torch.set_num_threads(check_int('threads', threads, 1))
-    folder = check_writable('out', out)
+    folder, results = check_writable('out', out), results and check_writable('results', results)
     try: parse_model_name(fit_model)
     except ValueError as e: raise ValueError(f'fit_model: {e}') from None
     paths = benchmark_paths(torch_device, bf16, channels_last)
     if torch_device.type == 'cuda': torch.backends.cudnn.benchmark = True
     if profile_path not in PROFILE_PATHS: raise ValueError(f"profile_path: expected one of {list(PROFILE_PATHS)}, got {profile_path!r}")
-    if profile: return profile_attention(torch_device, PROFILE_PATHS[profile_path] or paths['fast'], bs, repeats, warmup, seed, check_int('top', top, 1), folder, quick)
+    if profile: return profile_attention(torch_device, PROFILE_PATHS[profile_path] or paths['fast'], bs, repeats, warmup, seed, check_int('top', top, 1), folder, quick, results)
     config = dict(device=device, paths=paths, bs=bs, repeats=repeats, warmup=warmup, fit_model=fit_model, fit_batches=fit_batches,
                   fit_repeats=fit_repeats, epoch_train=epoch_train, epoch_valid=epoch_valid, threads=threads, seed=seed, quick=quick)
-    start_environment = benchmark_environment(torch_device)
+    start_environment, started = benchmark_environment(torch_device), time.strftime('%Y-%m-%dT%H:%M:%S')
     table, raw = module_table(paths, bs, repeats, warmup, seed, torch_device)
     speedup = speedup_table(table, raw)
     fit, fit_speeds = fit_comparison(fit_model, fit_batches, fit_repeats, paths['fast'], bs, seed, torch_device)
@@ -237,6 +240,7 @@ def bench_attention(
     stem = folder/run_name(torch_device, paths['fast'], bs, quick)
     table.to_csv(f'{stem}.csv'); speedup.to_csv(f'{stem}_speedup.csv'); fit.to_csv(f'{stem}_fit.csv')
     Path(f'{stem}.json').write_text(json.dumps(record, indent=1, default=float))
+    if results: store_benchmark(json.loads(json.dumps(record, default=float)), stem.name, results, started)
     env = start_environment
     print(f"{env['device']} ({env['cpus']} CPUs), {env['threads']} threads, torch {env['torch']}; batch {bs}, {repeats} interleaved repeats; "
           f"load average {env['load_average'][0]:.1f} before, {record['load_average_after'][0]:.1f} after")
@@ -255,7 +259,7 @@ def bench_attention(
                     f"images: {epoch['epoch_s']:.1f} s ({epoch['train_s']:.1f} s training, {epoch['valid_s']:.1f} s validation); "
                     f"target on 2 CPU cores <= {epoch['limit_s']:.0f} s: {'met' if epoch['met'] else 'missed'}")
     if quick: print('(--quick: batch 8, 2 repeats and a 256-image epoch check that the script works; its numbers say nothing about the targets)')
-    print(f'\nwrote {stem}.csv, {stem}_speedup.csv, {stem}_fit.csv, {stem}.json')
+    print(f'\nwrote {stem}.csv, {stem}_speedup.csv, {stem}_fit.csv, {stem}.json' + (f' and the record to {results}/benchmarks' if results else ''))
 
 
 if __name__ == '__main__': bench_attention.main()

@@ -6,7 +6,7 @@
 __all__ = ['PHASES', 'ENGINE_PREFIX', 'check_device', 'synchronize', 'timed', 'interleaved_times', 'paired_interval',
            'peak_memory', 'operator_calls', 'ModelUnderTest', 'operator_key', 'profile_step', 'operator_profiles',
            'extra_operators', 'synthetic_cifar', 'TrainPhaseTimer', 'PlainLoop', 'warmup_data', 'fastai_epoch',
-           'benchmark_environment']
+           'benchmark_environment', 'benchmark_store', 'store_benchmark', 'latest_benchmark']
 
 # %% ../nbs/08a_timing.ipynb #1075cb9c
 import json, os, random, statistics, tempfile, time
@@ -22,6 +22,7 @@ from .recipe import Recipe, paper_optimizer, split_attention, split_head
 from .learner import create_learner
 from .hardware import environment
 from .knobs import check_int
+from .store import ResultsStore, records_frame
 
 # %% ../nbs/08a_timing.ipynb #405cd4b8
 def check_device(device:str) -> torch.device:
@@ -289,3 +290,31 @@ def benchmark_environment(device) -> dict: # the device the benchmark runs on
     gpu = torch.device(device).type == 'cuda'
     return dict(environment(device), cpus=os.cpu_count(), cuda=torch.version.cuda if gpu else None,
                 cudnn=torch.backends.cudnn.version() if gpu else None, load_average=os.getloadavg())
+
+# %% ../nbs/08a_timing.ipynb #d48ddfde
+def benchmark_store(results:str|Path) -> ResultsStore: # the results store, e.g. 'nbs/records'
+    "The store of benchmark records: the `benchmarks/` folder of the results store."
+    return ResultsStore(Path(results)/'benchmarks')
+
+def store_benchmark(
+    record:dict, # a benchmark's record, with `environment` (`benchmark_environment`) and `config`
+    name:str, # the configuration's name, e.g. 'attention_cpu_bf16_nhwc_bs128'
+    results:str|Path, # the results store
+    started:str|None=None, # when the measurement started, '%Y-%m-%dT%H:%M:%S'; default now
+) -> dict: # the record as stored
+    "Put a benchmark's record into `benchmark_store(results)`, keyed by `name` and its start, with the fields queries filter by on top."
+    started = started or time.strftime('%Y-%m-%dT%H:%M:%S')
+    record = dict(key=f"{name}_{started.replace(':', '')}", name=name, machine=record['environment']['device'], started=started,
+                  quick=bool(record['config'].get('quick')), **record)
+    benchmark_store(results).put(record)
+    return record
+
+def latest_benchmark(
+    results:str|Path, # the results store
+    name:str, # a configuration's name
+    **where, # more `records_frame` filters, e.g. machine='Intel(R) Xeon(R) Processor (AMX)'
+) -> dict|None: # the record, or None where the store has none
+    "The latest benchmark record of configuration `name` that is not a quick smoke run."
+    store = benchmark_store(results)
+    found = records_frame(store.records() or [dict(name=None, quick=None, started=None)], name=name, quick=False, **where)  # an empty store has no fields to filter by
+    return None if found.empty else store.get(found.sort_values('started').key.iloc[-1])
