@@ -6,10 +6,13 @@
 __all__ = ['PAPER_DATASET', 'PAPER_EPOCHS', 'PAPER_NAMES', 'COMPARISON_PAIRS', 'CLAIMS', 'CLAIM_DATASETS', 'COST_LIMITS',
            'peer_rows', 'accuracy_table', 'paired_difference', 'ordering_sentence', 'plot_paired_differences',
            'seeds_needed', 'paper_pair_difference', 'compare_pairs', 'differences_table', 'setting_table',
-           'plot_validation_curves', 'claim_verdict', 'cost_claim', 'benchmark_cost_ratios', 'claims_table']
+           'plot_validation_curves', 'claim_verdict', 'cost_claim', 'benchmark_cost_ratios', 'claims_table',
+           'checkpoint_progress', 'stretches_text', 'schedule_summary']
 
 # %% ../nbs/06_comparison.ipynb #90e9d525
 import math
+from pathlib import Path
+import torch
 import pandas as pd
 import matplotlib.pyplot as plt
 from scipy import stats
@@ -278,3 +281,27 @@ def claims_table(
         if not tested: rows.append(dict(claim=claim, setting='', n=0, ours='', verdict='not tested yet'))
     rows.append(cost_claim(cost_ratios, cost_setting))
     return pd.DataFrame(rows).set_index('claim')
+
+# %% ../nbs/06_comparison.ipynb #90c6eb9b
+def checkpoint_progress(results_dir) -> list: # the results store's folder
+    "What each unfinished run's checkpoint in the store holds: key, history and stretches."
+    return [dict(key=p.stem, **{k: v for k, v in torch.load(p, map_location='cpu', weights_only=False).items() if k in ('history', 'stretches')})
+            for p in sorted((Path(results_dir)/'checkpoints').glob('*.pth'))]
+
+def stretches_text(stretches:list, epochs_done:int) -> str:
+    "Where each stretch of epochs ran, e.g. 'epochs 0-59: NVIDIA H200, eager'."
+    ends = [s['start_epoch'] - 1 for s in stretches[1:]] + [epochs_done - 1]
+    return '; '.join(f"epochs {s['start_epoch']}-{end}: {s['device']}, {s['engine']}" for s, end in zip(stretches, ends) if end >= s['start_epoch'])
+
+def schedule_summary(
+    finished:pd.DataFrame, # finished records of the paper's schedule (`records_frame`)
+    in_progress:list, # `checkpoint_progress` of its unfinished runs
+) -> str: # markdown
+    "What the paper's 182-epoch schedule has given so far: each finished run's top-1 beside the paper's, and how far each unfinished run is."
+    def paper(row): return (f" (the paper: {PAPER_TOP1[PAPER_DATASET[row.dataset], row.model]:.2f}%)"
+                            if (PAPER_DATASET.get(row.dataset), row.model) in PAPER_TOP1 else '')
+    done = [f"{row.model} seed {row.seed} on `{row.dataset}`, top-1 {100 * row.top1:.2f}%{paper(row)}"
+            for row in finished.sort_values(['dataset', 'model', 'seed']).itertuples()]
+    going = [f"{c['key'].rsplit('_', 1)[0]} ({len(c['history'])} of {PAPER_EPOCHS} epochs)" for c in in_progress]
+    return ' '.join([f"**The paper's schedule ({PAPER_EPOCHS} epochs).** " + (f"Finished: {'; '.join(done)}." if done else 'No run has finished yet.'),
+                     f"Under way, each resumable from its committed checkpoint: {'; '.join(going)}." if going else ''][:2 if going else 1])
