@@ -291,7 +291,7 @@ def checkpoint_progress(results_dir) -> list: # the results store's folder
 def stretches_text(stretches:list, epochs_done:int) -> str:
     "Where each stretch of epochs ran, e.g. 'epochs 0-59: NVIDIA H200, eager'."
     ends = [s['start_epoch'] - 1 for s in stretches[1:]] + [epochs_done - 1]
-    return '; '.join(f"epochs {s['start_epoch']}-{end}: {s['device']}, {s['engine']}" for s, end in zip(stretches, ends) if end >= s['start_epoch'])
+    return '; '.join(f"epochs {s['start_epoch']}-{end}: {s['device']}, {s['engine']}" for s, end in zip(stretches, ends) if end >= s['start_epoch']) or 'not recorded'
 
 def schedule_summary(
     finished:pd.DataFrame, # finished records of the paper's schedule (`records_frame`)
