@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['OPT_GROUPS', 'Recipe', 'step_lr', 'StepLR', 'split_head', 'split_attention', 'ForeachSGD', 'paper_optimizer',
-           'regroup_optimizer_state']
+           'regroup_optimizer_state', 'load_optimizer_state']
 
 # %% ../nbs/03b_recipe.ipynb #09e20f1c
 import hashlib, json, math
@@ -125,3 +125,11 @@ def regroup_optimizer_state(
     by_id, attention = dict(zip(old_order, state['state'])), {id(p) for p in attention_parameters(model)}
     return dict(state=[{**by_id[id(p)], **({'do_wd': False} if id(p) in attention else {})} for group in groups for p in group],
                 hypers=[dict(state['hypers'][0]) for _ in groups])
+
+def load_optimizer_state(
+    opt, # an optimizer over `split_head`'s groups, as `create_learner` builds it
+    saved:dict, # a run's checkpoint: its 'opt' state and, since the regrouping, its 'opt_groups'
+    model:torch.nn.Module, # the network `opt` trains
+):
+    "Load a checkpoint's optimizer state into `opt`, regrouping it (`regroup_optimizer_state`) where it was saved in `split_attention`'s order."
+    opt.load_state_dict(saved['opt'] if saved.get('opt_groups') == OPT_GROUPS else regroup_optimizer_state(saved['opt'], model, opt.param_lists))

@@ -24,7 +24,7 @@ from .data import check_dataset, dataset_label, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
 from .engine import StopOnRequest, StopRequest, check_engine
 from .hardware import device_name, environment
-from .recipe import OPT_GROUPS, Recipe, regroup_optimizer_state
+from .recipe import OPT_GROUPS, Recipe, load_optimizer_state
 from .learner import create_learner
 
 # %% ../nbs/04_train.ipynb #24571e2b
@@ -188,7 +188,7 @@ def train_run(
         if saved:
             consume_prefix_in_state_dict_if_present(saved['model'], 'module.')  # checkpoints of data-parallel runs before issue 34 saved the wrapper
             learn.model.load_state_dict(saved['model']); learn.create_opt()
-            learn.opt.load_state_dict(saved['opt'] if saved.get('opt_groups') == OPT_GROUPS else regroup_optimizer_state(saved['opt'], learn.model, learn.opt.param_lists))
+            load_optimizer_state(learn.opt, saved, learn.model)
             unrestored_rng = restore_rng_states(saved['rng'], dls)
         if world_size > 1: learn.add_cb(DataParallelTrainer(sync_bn=dls.device.type == 'cuda', cpu=dls.device.type == 'cpu'))
         history = saved['history'] if saved else []
