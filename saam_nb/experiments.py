@@ -19,7 +19,7 @@ from .train import train_run
 def check_experiment(
     paths=(1, 2, 4), # K values (SAAM-K-D); papermill may pass an int or 'a,b'
     depths=(20, 56, 110), # ResNet depths D = 6n + 2
-    dataset=('cifar10', 'cifar100'), # one or more datasets: cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, digits, or image-folder paths
+    dataset=('cifar10', 'cifar100'), # one or more datasets: cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, cifar10-rebuilt, digits (`saam_nb.data.DATASETS`), or image-folder paths
     epochs=182, # epochs of every run
     seeds=(0, 1, 2), # seeds; results are mean ± std over them
     data_dir=None, # folder with the datasets (None: $SAAM_DATA or the cache)

@@ -154,7 +154,7 @@ def canonical_run_key(
 # %% ../nbs/04_train.ipynb #0205242a
 def train_run(
     model:str|ModelSpec, # paper-style model name in any spelling, e.g. 'saam-1-20', or its spec
-    dataset:str, # 'cifar10', 'cifar100', 'cifar10-jpeg', 'cifar100-rebuilt', 'digits', or the path of an image folder (.tar/.tar.gz)
+    dataset:str, # a name in `saam_nb.data.DATASETS` (cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, cifar10-rebuilt, digits) or the path of an image folder (.tar/.tar.gz)
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
     results:str|Path='results', # folder of the results store (records, checkpoints, final weights)
@@ -222,10 +222,10 @@ STOPPED_EXIT_STATUS = 75  # EX_TEMPFAIL: not finished, try again (the sweep tell
 @command
 def saam_train(
     model:str='saam-1-20', # a model name: resnet-D, TYPE-K-D, or TYPE-D for a registered type without paths (see `saam_nb.attention.ATTENTION_TYPES`)
-    dataset:str='cifar100', # cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, digits, or the path of an image folder (.tar/.tar.gz)
+    dataset:str='cifar100', # cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, cifar10-rebuilt, digits (`saam_nb.data.DATASETS`), or the path of an image folder (.tar/.tar.gz)
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
-    data_dir:str=None, # folder that holds cifar-10-batches-py/, cifar-100-python/, cifar10-jpeg(.tar.gz) or cifar100-rebuilt(.tar.gz); default $SAAM_DATA or ~/.cache/saam_nb
+    data_dir:str=None, # folder that holds cifar-10-batches-py/, cifar-100-python/ or the image folders NAME(.tar.gz) of `IMAGE_FOLDER_DATASETS`; default $SAAM_DATA or ~/.cache/saam_nb
     results:str='results', # folder of the results store
     bs:int=128, # batch size
     fp32:bool=False, # train in float32 (default: bf16 autocast where the device has native bf16)
