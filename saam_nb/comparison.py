@@ -81,10 +81,11 @@ def ordering_sentence(
 ) -> str:
     "One sentence: whether our interval agrees with the paper's ordering of the two models, contradicts it, or cannot tell."
     pair, n = f"{difference['model']} − {difference['baseline']}", difference['n']
-    if difference['interval'] is None: return f"{pair}: {n} paired seed(s), too few for an interval."
+    paper = '' if paper_difference is None else f" (paper: {paper_difference:+.2f})"
+    if n == 0: return f"{pair}: no paired seed yet."
+    if difference['interval'] is None: return f"{pair}: {difference['mean']:+.2f} points at one seed{paper}, too few for an interval."
     low, high = difference['interval']
     ours = f"{pair}: {difference['mean']:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}] over {n} seeds"
-    paper = '' if paper_difference is None else f" (paper: {paper_difference:+.2f})"
     if low <= 0 <= high: return f"{ours}{paper}: the interval contains 0, so at this scale it cannot tell which is better."
     better = difference['model'] if low > 0 else difference['baseline']
     if paper_difference is None: return f"{ours}: {better} is better at this scale."
@@ -233,8 +234,8 @@ def claim_verdict(
     difference:dict, # from `paired_difference`
     direction:str, # 'above': the paper puts the model above the baseline; 'not above': it says the model does not beat it
 ) -> str:
-    "'holds', 'contradicted' or 'cannot tell at this scale' from the 95% interval; 'not tested yet' with fewer than two paired seeds."
-    if difference['interval'] is None: return 'not tested yet'
+    "'holds', 'contradicted' or 'cannot tell at this scale' from the 95% interval; 'cannot tell: one seed' from one pair (no interval); 'not tested yet' from none."
+    if difference['interval'] is None: return 'cannot tell: one seed' if difference.get('n') == 1 else 'not tested yet'
     low, high = difference['interval']
     if direction == 'above': return 'holds' if low > 0 else 'contradicted' if high < 0 else 'cannot tell at this scale'
     return 'holds' if high < 0 else 'contradicted' if low > 0 else 'cannot tell at this scale'
