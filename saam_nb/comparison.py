@@ -131,7 +131,7 @@ def seeds_needed(
     return None
 
 # %% ../nbs/06_comparison.ipynb #786d6c64
-PAPER_DATASET = {'cifar10-jpeg': 'cifar10', 'cifar100-rebuilt': 'cifar100'}  # our real-image dataset -> the paper's dataset beside it
+PAPER_DATASET = {'cifar10-jpeg': 'cifar10', 'cifar100-rebuilt': 'cifar100', 'cifar10-rebuilt': 'cifar10'}  # our real-image dataset -> the paper's dataset beside it
 PAPER_EPOCHS = 182
 PAPER_NAMES = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}
 COMPARISON_PAIRS = [('saam-1', 'resnet'), ('saam-1', 'se-1'), ('se-1', 'resnet'), ('se-2', 'resnet'), ('cbam-2', 'resnet'),
