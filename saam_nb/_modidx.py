@@ -403,5 +403,6 @@ d = { 'settings': { 'branch': 'main',
                                'saam_nb.train.saam_train': ('train.html#saam_train', 'saam_nb/train.py'),
                                'saam_nb.train.train_run': ('train.html#train_run', 'saam_nb/train.py')},
             'saam_nb.weights': { 'saam_nb.weights.export_weights': ('weights.html#export_weights', 'saam_nb/weights.py'),
+                                 'saam_nb.weights.find_weights': ('weights.html#find_weights', 'saam_nb/weights.py'),
                                  'saam_nb.weights.load_pretrained': ('weights.html#load_pretrained', 'saam_nb/weights.py'),
                                  'saam_nb.weights.weights_index': ('weights.html#weights_index', 'saam_nb/weights.py')}}}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from .aggregation import check_feature_map
 from .attention import ATTENTION_TYPES, attention_type, create_attention
-from .weights import load_pretrained
+from .weights import find_weights, load_pretrained
 
 # %% ../nbs/02_resnet.ipynb #c0b4c0d5
 class ZeroPadShortcut(nn.Module):
@@ -163,7 +163,7 @@ def parse_model(model:str|ModelSpec) -> ModelSpec: # any spelling `parse_model_n
 # %% ../nbs/02_resnet.ipynb #f877ba89
 def create_model(
     name:str|ModelSpec, # paper-style name in any spelling, e.g. 'saam-1-20', or its `ModelSpec`
-    num_classes:int=10, # 10 for CIFAR-10, 100 for CIFAR-100
+    num_classes:int|None=None, # 10 for CIFAR-10, 100 for CIFAR-100; default the pretrained weights' classes, else 10
     pretrained:str|None=None, # a dataset whose final 182-epoch weights ship with the library, e.g. 'cifar100-rebuilt' (`02d_weights`)
     weights_dir:str|Path|None=None, # where the weights are; default the package's own
     **kwargs, # more `CifarResNet` arguments, e.g. `reduction`
@@ -171,8 +171,11 @@ def create_model(
     "Build the CIFAR ResNet called `name`, with the shipped weights of a dataset if asked."
     spec = parse_model(name)
     if 'paths' in kwargs: raise ValueError(f"paths: the model name gives K (e.g. 'saam-2-20'), got paths={kwargs['paths']!r} beside {spec.name!r}")
-    model = CifarResNet(spec.depth, num_classes, spec.attention, paths=spec.paths, **kwargs)
-    return load_pretrained(model, spec.name, pretrained, weights_dir) if pretrained else model
+    entry = find_weights(spec.name, pretrained, weights_dir) if pretrained else None
+    if entry and num_classes not in (None, entry['num_classes']):
+        raise ValueError(f"num_classes: the weights of {spec.name} on {pretrained} have {entry['num_classes']} classes, got {num_classes}")
+    model = CifarResNet(spec.depth, num_classes if num_classes is not None else entry['num_classes'] if entry else 10, spec.attention, paths=spec.paths, **kwargs)
+    return load_pretrained(model, entry, weights_dir) if entry else model
 
 # %% ../nbs/02_resnet.ipynb #21ba2c9c
 def count_parameters(model:nn.Module) -> int: # any network
