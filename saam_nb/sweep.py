@@ -115,7 +115,7 @@ def saam_sweep(
     paper:bool=False, # every run of Tables II/III and Fig. 3 (ignores --models and --datasets)
     models:str='saam-1-20', # comma-separated model names
     datasets:str='cifar100', # comma-separated datasets (names or image-folder paths)
-    seeds:str='0,1,2', # comma-separated seeds; runs go seed by seed
+    seeds:str='0,1,2', # comma-separated seeds; runs go seed by seed (with --paper: cheapest models first, each with every seed)
     epochs:int=182, # epochs of every run
     bs:int=128, # batch size
     gpus:str='0', # comma-separated GPU indices, one run per entry at a time (repeat an index to share a GPU); 'cpu' entries for CPU workers
