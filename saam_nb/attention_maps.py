@@ -17,7 +17,7 @@ def score_maps(
     images:torch.Tensor, # a batch of (normalised) input images
     blocks:list|None=None, # names of the SAAM modules to read, as in `model.named_modules()`, or of their blocks; None: all
 ) -> dict: # module name -> score maps V (B, K, H, W)
-    "Run `model` on `images` in eval mode and return the score maps V (Eq. 7) of every chosen SAAM module."
+    "Run `model` on `images` in eval mode and return the score maps V (Eq. 7) of every chosen SAAM module; `model` is left in the modes it was in."
     found = {name: m for name, m in model.named_modules() if isinstance(m, SAAM)}
     if not found: raise ValueError("model: no SAAM module inside; score maps exist only in SAAM models")
     chosen = list(found) if blocks is None else [b if b in found else f'{b}.attention' for b in blocks]
@@ -26,10 +26,12 @@ def score_maps(
     maps = {}
     def record(name): return lambda module, inputs: maps.__setitem__(name, module.score_map(inputs[0]).detach())
     handles = [found[b].register_forward_pre_hook(record(b)) for b in chosen]
+    modes = {module: module.training for module in model.modules()}  # a submodule may be in another mode than its parent
     try:
         with torch.no_grad(): model.eval()(images)
     finally:
         for h in handles: h.remove()
+        for module, training in modes.items(): module.training = training
     return maps
 
 # %% ../nbs/07_attention_maps.ipynb #413ca8a0
