@@ -22,7 +22,7 @@ def check_feature_map(
     channels:int|None=None, # the channel count the module was built for (None: any)
     name:str='input', # what to call `x` in the error message
 ):
-    "Raise a `ValueError` naming expected and actual shape unless `x` is a floating (B, C, H, W) tensor; an FX proxy passes."
+    "Raise a `ValueError` naming expected and actual shape unless `x` is a (B, C, H, W) tensor, and a `TypeError` unless it is a floating-point tensor; an FX proxy passes."
     if is_fx_proxy(x): return
     expected = f"(B, {channels if channels is not None else 'C'}, H, W)"
     if not isinstance(x, torch.Tensor): raise TypeError(f"{name}: expected a torch.Tensor of shape {expected}, got {type(x).__name__}")

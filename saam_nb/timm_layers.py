@@ -27,6 +27,6 @@ def timm_attention(
     name:str='saam', # a registered attention type, see `saam_nb.attention.create_attention`
     **kwargs, # `reduction`, `paths`, kernel sizes
 ) -> TimmAttentionLayer:
-    "An `attn_layer` for timm blocks that builds our module called `name`; a `ValueError` now, not deep inside timm, on a bad name or argument."
+    "An `attn_layer` for timm blocks that builds our module called `name`; the error of `create_attention` now (a `ValueError` for a bad name or value, a `TypeError` for an unknown keyword), not deep inside timm."
     create_attention(name, 8, **kwargs)
     return TimmAttentionLayer(name, kwargs)
