@@ -8,10 +8,11 @@ __all__ = ['CIFAR_DATASETS', 'DOWNLOAD_TIMEOUT_S', 'IMAGE_SUFFIXES', 'IMAGE_FOLD
            'download_cifar', 'load_cifar', 'load_digits', 'read_image_tree', 'image_folder_layout', 'decode_images',
            'image_folder_name', 'image_folder_fingerprint', 'load_image_folder', 'find_image_folder',
            'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'batch_index', 'ImageTensorLoader',
-           'channel_stats', 'check_dataset', 'dataset_label', 'load_dataset', 'dataloaders']
+           'channel_stats', 'DatasetSpec', 'parse_dataset', 'load_dataset', 'dataloaders']
 
 # %% ../nbs/03_data.ipynb #28ff582a
 import contextlib, hashlib, io, os, pickle, socket, tarfile, time
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -378,30 +379,36 @@ def channel_stats(images:torch.Tensor) -> tuple: # uint8 images (N, C, H, W)
     return (mean / 255).tolist(), ((square - mean.square()).sqrt() / 255).tolist()
 
 # %% ../nbs/03_data.ipynb #83b90147
-def check_dataset(
-    name:str|Path, # a name in `DATASETS`, or the path of an image folder or archive
-) -> str: # the name, or the path as a string
-    "A dataset the library can load: a `ValueError` that lists the choices otherwise."
-    if isinstance(name, str) and name in DATASETS: return name
-    if isinstance(name, (str, Path)) and str(name) and Path(name).expanduser().exists(): return str(name)
-    raise ValueError(f"dataset: expected one of {list(DATASETS)} or the path of an image folder (.tar/.tar.gz), got {name!r}")
+@dataclass(frozen=True)
+class DatasetSpec:
+    "A dataset as `parse_dataset` read it, once, where its user handed it in: what inner code passes instead of the string."
+    source:str # a name in `DATASETS`, or the path of an image folder or archive
+    @property
+    def label(self) -> str:
+        "How run keys, records, tables and figures name the dataset: its name, or an image folder's name (`image_folder_name`)."
+        return self.source if self.source in DATASETS else image_folder_name(Path(self.source))
 
-def dataset_label(name:str|Path) -> str: # what `check_dataset` accepts
-    "How run keys, records, tables and figures name a dataset: its name, or an image folder's name (`image_folder_name`)."
-    return name if name in DATASETS else image_folder_name(Path(name))
+def parse_dataset(
+    dataset:str|Path|DatasetSpec, # a name in `DATASETS`, the path of an image folder or archive, or a spec (passed through)
+) -> DatasetSpec:
+    "The spec of a dataset the library can load: a `ValueError` that lists the choices otherwise."
+    if isinstance(dataset, DatasetSpec): return dataset
+    if isinstance(dataset, str) and dataset in DATASETS: return DatasetSpec(dataset)
+    if isinstance(dataset, (str, Path)) and str(dataset) and Path(dataset).expanduser().exists(): return DatasetSpec(str(dataset))
+    raise ValueError(f"dataset: expected one of {list(DATASETS)} or the path of an image folder (.tar/.tar.gz), got {dataset!r}")
 
 def load_dataset(
-    name:str|Path, # a name in `DATASETS`, or the path of an image folder or its .tar/.tar.gz
+    dataset:str|Path|DatasetSpec, # a name in `DATASETS`, the path of an image folder or its .tar/.tar.gz, or its spec (`parse_dataset`)
     data_dir:str|Path|None=None, # where named datasets are found (see `data_root`)
     download:bool=True, # CIFAR only: download when the files are missing
     checksums:dict|None=None, # CIFAR only, see `load_cifar`
     cache_dir:str|Path|None=None, # image folders only, see `load_image_folder`
 ) -> dict:
     "Images and labels of any dataset the library knows, or of an image folder, as `load_cifar` returns them."
-    name = check_dataset(name)
-    if name == 'digits': return load_digits()
-    if name in CIFAR_DATASETS: return load_cifar(name, data_dir, download, checksums)
-    return load_image_folder(find_image_folder(name, data_dir) if name in IMAGE_FOLDER_DATASETS else name, cache_dir)
+    source = parse_dataset(dataset).source
+    if source == 'digits': return load_digits()
+    if source in CIFAR_DATASETS: return load_cifar(source, data_dir, download, checksums)
+    return load_image_folder(find_image_folder(source, data_dir) if source in IMAGE_FOLDER_DATASETS else source, cache_dir)
 
 def dataloaders(
     data:dict, # what `load_dataset` returns

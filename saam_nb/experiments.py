@@ -10,7 +10,7 @@ import pandas as pd
 from fastprogress.fastprogress import progress_bar
 from .knobs import check_int, check_ints, check_names, check_folder, check_writable
 from .resnet import check_depth
-from .data import check_dataset
+from .data import parse_dataset
 from .store import project_root, records_frame
 from .recipe import Recipe
 from .train import train_run
@@ -26,13 +26,13 @@ def check_experiment(
     results_dir=None, # results store folder (None: nbs/records/ at the project root, committed with the project)
     bs=128, # batch size
     figures_dir=None, # where figures and tables go (None: nbs/figures/ at the project root, which the docs show)
-) -> dict: # the same knobs, normalised to lists and ints, folders resolved
+) -> dict: # the same knobs, normalised to lists and ints, datasets to their specs (`DatasetSpec`), folders resolved
     "Validate and normalise the knobs of an experiment notebook, each by the check of its kind, with an error that names the bad one."
     depths = check_ints('depths', depths, 8)
     for depth in depths:
         try: check_depth(depth)
         except ValueError as e: raise ValueError(f"depths: {e}") from None
-    return dict(paths=check_ints('paths', paths, 1), depths=depths, dataset=[check_dataset(d) for d in check_names('dataset', dataset)],
+    return dict(paths=check_ints('paths', paths, 1), depths=depths, dataset=[parse_dataset(d) for d in check_names('dataset', dataset)],
                 epochs=check_int('epochs', epochs, 1), seeds=check_ints('seeds', seeds, 0), bs=check_int('bs', bs, 1),
                 data_dir=check_folder('data_dir', data_dir),
                 results_dir=check_writable('results_dir', results_dir or project_root()/'nbs'/'records'),

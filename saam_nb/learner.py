@@ -15,7 +15,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.metrics import accuracy
 from fastai.losses import CrossEntropyLossFlat
 from .attention import attention_parameters
-from .resnet import create_model
+from .resnet import ModelSpec, create_model
 from .hardware import fast_path
 from .recipe import Recipe, StepLR, paper_optimizer, split_head
 from .engine import GraphedStep, check_engine
@@ -48,7 +48,7 @@ def compile_model(
     return model
 
 def create_learner(
-    model:torch.nn.Module|str, # a network whose classifier is `model.head` (as `CifarResNet`), or a paper-style model name
+    model:torch.nn.Module|str|ModelSpec, # a network whose classifier is `model.head` (as `CifarResNet`), or a paper-style model name or its spec
     dls, # DataLoaders, e.g. from `saam_nb.data.dataloaders`
     recipe:Recipe=Recipe(), # the training recipe
     mixed_precision:bool|None=None, # bf16 autocast; default on where the device computes bf16 natively (`bf16_supported`)
@@ -57,7 +57,7 @@ def create_learner(
 ) -> Learner:
     "A fastai Learner with the paper's optimizer (L2 on all but the attention parameters), body and head groups, step schedule and top-1 accuracy, on the fast path where the device has one."
     engine = check_engine(engine, dls.device)
-    if isinstance(model, str): model = create_model(model, num_classes=dls.c)
+    if not isinstance(model, torch.nn.Module): model = create_model(model, num_classes=dls.c)
     if model.head.out_features != dls.c: raise ValueError(f"model: its head has {model.head.out_features} outputs, the data {dls.c} classes (dls.c)")
     if engine == 'compiled': compile_model(model, dls.device)
     fast = fast_path(dls.device)

@@ -186,7 +186,7 @@ def saam_lease(
     runs = parse_runs(runs)
     if pieces: print(f"joined {join_pieces(pieces, check_writable('data_dir', data_dir or 'data'))}", flush=True)
     runs = check_runs(runs, epochs, results, data_dir, bs)
-    for dataset in dict.fromkeys(run['dataset'] for run in runs): load_dataset(dataset, data_dir)  # decode once, not once per process
+    for dataset in dict.fromkeys(run['spec'].dataset for run in runs): load_dataset(dataset, data_dir)  # decode once, not once per process
     keys = [run['spec'].key for run in runs]
     env = None
     with tempfile.TemporaryDirectory() as folder:

@@ -18,9 +18,9 @@ from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from .resnet import ModelSpec, create_model, parse_model
+from .resnet import ModelSpec, parse_model
 from .knobs import check_int, check_folder, check_writable, command
-from .data import check_dataset, dataset_label, load_dataset, dataloaders
+from .data import DatasetSpec, parse_dataset, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
 from .engine import StopOnRequest, StopRequest, check_engine
 from .hardware import device_name, environment
@@ -115,27 +115,27 @@ def data_parallel_device() -> torch.device|None:
 class RunSpec:
     "A run as `parse_run` read it, once, where its user handed it in: what inner code passes instead of the strings."
     model:ModelSpec # the model's spec (`parse_model`)
-    dataset:str # the dataset's label (`dataset_label`)
+    dataset:DatasetSpec # the dataset's spec (`parse_dataset`)
     epochs:int # epochs of the step schedule
     seed:int # seed of every random number generator
     recipe:Recipe # the training recipe
     @property
-    def key(self) -> str: return run_key(self.model.name, self.dataset, self.epochs, self.seed, self.recipe)  # its results-store key
+    def key(self) -> str: return run_key(self.model.name, self.dataset.label, self.epochs, self.seed, self.recipe)  # its results-store key
     def record_fields(self) -> dict:
         "What the run's record says of it: its key and every field that queries filter by (`records_frame`)."
-        return dict(key=self.key, model=self.model.name, **asdict(self.model), dataset=self.dataset, epochs=self.epochs, seed=self.seed,
+        return dict(key=self.key, model=self.model.name, **asdict(self.model), dataset=self.dataset.label, epochs=self.epochs, seed=self.seed,
                     recipe=asdict(self.recipe), recipe_id=self.recipe.id())
 
 def parse_run(
     model:str|ModelSpec, # any spelling of a model name, e.g. 'SAAM-1-20', or its spec
-    dataset:str|Path, # a dataset name or image-folder path, as `check_dataset` accepts
+    dataset:str|Path|DatasetSpec, # a dataset name or image-folder path, as `parse_dataset` accepts, or its spec
     epochs:int, seed:int, recipe:Recipe=Recipe(), # the rest of the run
 ) -> RunSpec:
     "The spec of a run however its user spelled it; a `ValueError` that names the bad argument."
-    return RunSpec(parse_model(model), dataset_label(check_dataset(dataset)), check_int('epochs', epochs, 1), check_int('seed', seed, 0), recipe)
+    return RunSpec(parse_model(model), parse_dataset(dataset), check_int('epochs', epochs, 1), check_int('seed', seed, 0), recipe)
 
 def check_run_args(
-    model:str|ModelSpec, dataset:str, epochs:int, seed:int, # what to train
+    model:str|ModelSpec, dataset:str|Path|DatasetSpec, epochs:int, seed:int, # what to train
     data_dir:str|Path|None=None, results:str|Path='results', recipe:Recipe=Recipe(), # where, and how
 ) -> RunSpec:
     "Validate a run's arguments before any work, each by the check of its kind, and return its spec; a `ValueError` that names the bad one."
@@ -145,7 +145,7 @@ def check_run_args(
 
 def canonical_run_key(
     model:str|ModelSpec, # any spelling of a model name, e.g. 'SAAM-1-20'
-    dataset:str|Path, # a dataset name or image-folder path, as `check_dataset` accepts
+    dataset:str|Path|DatasetSpec, # a dataset name or image-folder path, as `parse_dataset` accepts, or its spec
     epochs:int, seed:int, recipe:Recipe, # the rest of the run
 ) -> str:
     "The results-store key of a run however its user spelled it: the canonical model name and the dataset's label (`RunSpec.key`)."
@@ -154,7 +154,7 @@ def canonical_run_key(
 # %% ../nbs/04_train.ipynb #0205242a
 def train_run(
     model:str|ModelSpec, # paper-style model name in any spelling, e.g. 'saam-1-20', or its spec
-    dataset:str, # a name in `saam_nb.data.DATASETS` (cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, cifar10-rebuilt, digits) or the path of an image folder (.tar/.tar.gz)
+    dataset:str|Path|DatasetSpec, # a name in `saam_nb.data.DATASETS` (cifar10, cifar100, cifar10-jpeg, cifar100-rebuilt, cifar10-rebuilt, digits), the path of an image folder (.tar/.tar.gz), or its spec
     epochs:int=182, # epochs of the step schedule
     seed:int=0, # seed of every random number generator
     results:str|Path='results', # folder of the results store (records, checkpoints, final weights)
@@ -180,9 +180,9 @@ def train_run(
         checkpoint = store.checkpoint_path(key)
         if force and rank == 0: checkpoint.unlink(missing_ok=True)
         set_seed(seed, reproducible=True)
-        dls = dataloaders(load_dataset(dataset, data_dir, download), recipe.bs, device, recipe.augment)
+        dls = dataloaders(load_dataset(run.dataset, data_dir, download), recipe.bs, device, recipe.augment)
         engine = check_engine(engine, dls.device)
-        learn = create_learner(create_model(run.model, num_classes=dls.c), dls, recipe, mixed_precision, engine=engine)
+        learn = create_learner(run.model, dls, recipe, mixed_precision, engine=engine)
         saved = torch.load(checkpoint, map_location=dls.device, weights_only=False) if checkpoint.exists() else None
         unrestored_rng = []
         if saved:
