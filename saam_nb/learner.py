@@ -68,4 +68,5 @@ def create_learner(
     if fast['bf16'] if mixed_precision is None else mixed_precision: learn.add_cb(BF16Autocast())
     if fast['channels_last'] if channels_last is None else channels_last: learn.add_cb(ChannelsLast())
     if engine == 'graphed': learn.add_cb(GraphedStep())
+    learn.engine = engine  # as resolved here, once: what a run's record notes
     return learn

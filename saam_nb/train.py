@@ -22,7 +22,7 @@ from .resnet import ModelSpec, parse_model
 from .knobs import check_int, check_folder, check_writable, command
 from .data import DatasetSpec, parse_dataset, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
-from .engine import StopOnRequest, StopRequest, check_engine
+from .engine import StopOnRequest, StopRequest
 from .hardware import device_name, environment
 from .recipe import OPT_GROUPS, Recipe, load_optimizer_state
 from .learner import create_learner
@@ -181,8 +181,8 @@ def train_run(
         if force and rank == 0: checkpoint.unlink(missing_ok=True)
         set_seed(seed, reproducible=True)
         dls = dataloaders(load_dataset(run.dataset, data_dir, download), recipe.bs, device, recipe.augment)
-        engine = check_engine(engine, dls.device)
         learn = create_learner(run.model, dls, recipe, mixed_precision, engine=engine)
+        engine = learn.engine  # None resolved to the device's default
         saved = torch.load(checkpoint, map_location=dls.device, weights_only=False) if checkpoint.exists() else None
         unrestored_rng = []
         if saved:
