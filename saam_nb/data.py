@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['CIFAR_DATASETS', 'DOWNLOAD_TIMEOUT_S', 'IMAGE_SUFFIXES', 'IMAGE_FOLDER_SPLITS', 'IMAGE_FOLDER_DATASETS', 'DATASETS',
-           'DataFileError', 'cifar_checksums', 'file_digest', 'read_cifar_file', 'write_cifar_fixture', 'data_root',
-           'download_cifar', 'load_cifar', 'load_digits', 'read_image_tree', 'image_folder_layout', 'decode_images',
-           'image_folder_name', 'image_folder_fingerprint', 'load_image_folder', 'find_image_folder',
-           'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'batch_index', 'ImageTensorLoader',
-           'channel_stats', 'DatasetSpec', 'parse_dataset', 'load_dataset', 'dataloaders']
+           'DataFileError', 'cifar_checksums', 'file_digest', 'read_cifar_pickle', 'read_cifar_file',
+           'write_cifar_fixture', 'data_root', 'download_cifar', 'load_cifar', 'load_digits', 'read_image_tree',
+           'image_folder_layout', 'decode_images', 'image_folder_name', 'image_folder_fingerprint', 'load_image_folder',
+           'find_image_folder', 'sample_crop_flip', 'pad_crop_flip', 'RandomPadCropFlip', 'ImageTensors', 'batch_index',
+           'ImageTensorLoader', 'channel_stats', 'DatasetSpec', 'parse_dataset', 'load_dataset', 'dataloaders']
 
 # %% ../nbs/03_data.ipynb #28ff582a
 import contextlib, hashlib, io, os, pickle, socket, tarfile, time
@@ -37,11 +37,11 @@ class DataFileError(RuntimeError):
 
 def cifar_checksums(
     name:str, # 'cifar10' or 'cifar100'
-) -> dict: # {'train': [(file, md5), ...], 'test': [(file, md5)]}
+) -> dict: # {'train': [(file, md5), ...], 'test': [(file, md5)], 'meta': [(file, md5)]}; the meta file names the classes
     "The published file names and md5 sums of a CIFAR dataset."
     if name not in CIFAR_DATASETS: raise ValueError(f"dataset: expected one of {list(CIFAR_DATASETS)}, got {name!r}")
     spec = CIFAR_DATASETS[name]
-    return {'train': [tuple(f) for f in spec.train_list], 'test': [tuple(f) for f in spec.test_list]}
+    return {'train': [tuple(f) for f in spec.train_list], 'test': [tuple(f) for f in spec.test_list], 'meta': [(spec.meta['filename'], spec.meta['md5'])]}
 
 # %% ../nbs/03_data.ipynb #adf7f060
 def file_digest(
@@ -54,17 +54,26 @@ def file_digest(
         for chunk in iter(lambda: f.read(1 << 20), b''): digest.update(chunk)
     return digest.hexdigest()
 
-def read_cifar_file(
-    path:Path, # one pickle file, e.g. cifar-10-batches-py/data_batch_1
+def read_cifar_pickle(
+    path:Path, # one pickle file of CIFAR, e.g. cifar-10-batches-py/data_batch_1 or batches.meta
     md5:str, # the md5 the file must have
-) -> tuple: # images (N, 3, 32, 32) uint8 and labels (N,) int64
-    "Images and labels of one CIFAR pickle file, after checking its md5; a `DataFileError` naming the file otherwise."
+) -> dict:
+    "The dictionary in one CIFAR pickle file, after checking its md5; a `DataFileError` naming the file otherwise."
     path = Path(path)
     if not path.is_file(): raise DataFileError(f"{path}: file not found")
     actual = file_digest(path)
     if actual != md5: raise DataFileError(f"{path}: md5 is {actual}, expected {md5}; the file is corrupted, truncated or not the published one")
     try:
-        with open(path, 'rb') as f: batch = pickle.load(f, encoding='latin1')
+        with open(path, 'rb') as f: return pickle.load(f, encoding='latin1')
+    except Exception as e: raise DataFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from e
+
+def read_cifar_file(
+    path:Path, # one batch file, e.g. cifar-10-batches-py/data_batch_1
+    md5:str, # the md5 the file must have
+) -> tuple: # images (N, 3, 32, 32) uint8 and labels (N,) int64
+    "Images and labels of one CIFAR batch file, after checking its md5; a `DataFileError` naming the file otherwise."
+    batch = read_cifar_pickle(path, md5)
+    try:
         data, labels = batch['data'], batch['labels'] if 'labels' in batch else batch['fine_labels']
         images = torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy())
     except Exception as e: raise DataFileError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from e
@@ -87,8 +96,8 @@ def write_cifar_fixture(
     for split, files in cifar_checksums(name).items():
         checksums[split] = []
         for file, _ in files:
-            batch = {'data': rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8),
-                     label_key: rng.integers(0, classes, images_per_file).tolist()}
+            batch = ({CIFAR_DATASETS[name].meta['key']: [f'class_{i}' for i in range(classes)]} if split == 'meta' else
+                     {'data': rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8), label_key: rng.integers(0, classes, images_per_file).tolist()})
             with open(folder/file, 'wb') as f: pickle.dump(batch, f)
             checksums[split].append((file, file_digest(folder/file)))
     return checksums
@@ -122,7 +131,7 @@ def load_cifar(
     data_dir:str|Path|None=None, # folder that contains `cifar-10-batches-py/` or `cifar-100-python/`; default $SAAM_DATA or ~/.cache/saam_nb
     download:bool=True, # download into `data_dir` when the files are missing
     checksums:dict|None=None, # md5 sums to check against; default the published ones
-) -> dict: # {'train': (images, labels), 'valid': (images, labels), 'classes': int}
+) -> dict: # {'train': (images, labels), 'valid': (images, labels), 'classes': int, 'class_names': list}
     "Every image and label of a CIFAR dataset, from the original pickle files (downloaded when missing), each checked against its md5."
     if name not in CIFAR_DATASETS: raise ValueError(f"dataset: expected one of {list(CIFAR_DATASETS)}, got {name!r}")
     spec, checksums, root = CIFAR_DATASETS[name], checksums or cifar_checksums(name), data_root(data_dir)
@@ -137,7 +146,10 @@ def load_cifar(
     for split, key in (('train', 'train'), ('test', 'valid')):
         parts = [read_cifar_file(folder/file, md5) for file, md5 in checksums[split]]
         splits[key] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
-    return dict(splits, classes=10 if name == 'cifar10' else 100)
+    (file, md5), = checksums['meta']
+    meta, classes = read_cifar_pickle(folder/file, md5), 10 if name == 'cifar10' else 100
+    if len(meta.get(spec.meta['key'], ())) != classes: raise DataFileError(f"{folder/file}: expected {classes} names under {spec.meta['key']!r}")
+    return dict(splits, classes=classes, class_names=list(meta[spec.meta['key']]))
 
 # %% ../nbs/03_data.ipynb #8735bd34
 def load_digits(
