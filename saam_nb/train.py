@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['STOPPED_EXIT_STATUS', 'NonFiniteLoss', 'loader_rngs', 'rng_states', 'restore_rng_states', 'bare_model',
-           'RunCheckpoint', 'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'RunSpec', 'parse_run',
-           'check_run_args', 'canonical_run_key', 'train_run', 'saam_train', 'load_run']
+           'RunCheckpoint', 'RunProgress', 'DataParallelDL', 'DataParallelTrainer', 'data_parallel_device', 'RunSpec',
+           'parse_run', 'check_run_args', 'canonical_run_key', 'train_run', 'saam_train', 'load_run']
 
 # %% ../nbs/04_train.ipynb #9bbfa5ca
 import contextlib, math, os, random, sys, time
@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from fastai.learner import Learner
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastcore.basics import noop
+from fastprogress.fastprogress import master_bar
 from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
@@ -90,6 +93,21 @@ class RunCheckpoint(Callback):
                      opt_groups=OPT_GROUPS, rng=rng_states(self.dls), stretches=self.stretches)
         atomic_write(self.path, lambda f: torch.save(state, f))
 
+# %% ../nbs/04_train.ipynb #3812d8e9
+class RunProgress(ProgressCallback):
+    "fastai's progress bars, with the master bar starting at the first epoch that trains (a resumed `fit(start_epoch=...)`)."
+    def before_fit(self):  # the bar waits for `before_train`, which skipped epochs never reach; rows logged before it are dropped
+        self.old_logger = self.logger
+        if self.logger != noop: self.learn.logger = self._write_stats
+    def before_epoch(self): pass
+    def before_train(self):
+        if self.create_mbar and not getattr(self, 'mbar', False):
+            self.first_epoch, self.mbar = self.epoch, master_bar(list(range(self.epoch, self.n_epoch)))
+            if self.epoch: self.mbar.write(f'resuming at epoch {self.epoch} of {self.n_epoch}: {self.n_epoch - self.epoch} to go')
+            if self.old_logger != noop: self._write_stats(self.recorder.metric_names)
+        if getattr(self, 'mbar', False): self.mbar.update(self.epoch - self.first_epoch)
+        super().before_train()
+
 # %% ../nbs/04_train.ipynb #85173c7c
 class DataParallelDL(DistributedDL):
     "fastai's `DistributedDL`, broadcasting the batch order on the CPU when the process group is not NCCL."
@@ -163,7 +181,7 @@ def train_run(
     force:bool=False, # train again even if a finished record exists
     download:bool=True, # download CIFAR when its files are missing
     device=None, # training device; default the GPU when there is one
-    progress:bool=True, # fastai's progress bars
+    progress:bool=True, # progress bars (`RunProgress`)
     cbs:list|None=None, # extra fastai callbacks for this run
     mixed_precision:bool|None=None, # bf16 autocast; default on where the device has native bf16 (`bf16_supported`)
     engine:str|None=None, # 'eager', 'compiled' or 'graphed' (`04a_engine`); default graphed on CUDA, eager elsewhere; noted in the record, not in the key
@@ -200,8 +218,8 @@ def train_run(
                       **environment(dls.device), started=time.strftime('%Y-%m-%dT%H:%M:%S'))
         start, start_epoch = time.time(), len(history)
         try:
-            bars = contextlib.nullcontext() if progress else learn.no_bar()
-            with bars: learn.fit(epochs, cbs=[run_checkpoint, StopOnRequest(stop), *(cbs or [])], start_epoch=start_epoch)
+            with learn.no_bar():  # fastai's bars draw the epochs a resumed run skips: `RunProgress` instead
+                learn.fit(epochs, cbs=[run_checkpoint, StopOnRequest(stop), *([RunProgress()] if progress else []), *(cbs or [])], start_epoch=start_epoch)
         except NonFiniteLoss as e:
             if rank == 0: store.put(dict(record, status='failed', error=str(e), history=run_checkpoint.history, wall_time_s=time.time() - start))
             raise
