@@ -403,11 +403,19 @@ class DatasetSpec:
 def parse_dataset(
     dataset:str|Path|DatasetSpec, # a name in `DATASETS`, the path of an image folder or archive, or a spec (passed through)
 ) -> DatasetSpec:
-    "The spec of a dataset the library can load: a `ValueError` that lists the choices otherwise."
+    "The spec of a dataset the library can load: a `ValueError` that lists the choices otherwise, or says why a path is none."
     if isinstance(dataset, DatasetSpec): return dataset
     if isinstance(dataset, str) and dataset in DATASETS: return DatasetSpec(dataset)
-    if isinstance(dataset, (str, Path)) and str(dataset) and Path(dataset).expanduser().exists(): return DatasetSpec(str(dataset))
-    raise ValueError(f"dataset: expected one of {list(DATASETS)} or the path of an image folder (.tar/.tar.gz), got {dataset!r}")
+    if not (isinstance(dataset, (str, Path)) and str(dataset) and Path(dataset).expanduser().exists()):
+        raise ValueError(f"dataset: expected one of {list(DATASETS)} or the path of an image folder (.tar/.tar.gz), got {dataset!r}")
+    path, label = Path(dataset).expanduser(), DatasetSpec(str(dataset)).label
+    if not (path.is_dir() or path.name.endswith(('.tar.gz', '.tgz', '.tar'))):
+        raise ValueError(f"dataset: {str(dataset)!r} is a file, not an image folder or its .tar/.tar.gz")
+    if label in ('', '.', '..'): raise ValueError(f"dataset: {str(dataset)!r} gives no name for run keys; pass the folder's own path")
+    if label in DATASETS:  # run keys name an image folder by its name: it would take the built-in dataset's records
+        raise ValueError(f"dataset: the image folder {str(dataset)!r} would be named {label!r} in run keys, like the built-in "
+                         f"dataset; pass {label!r} (with data_dir) for that one, or rename the folder")
+    return DatasetSpec(str(dataset))
 
 def load_dataset(
     dataset:str|Path|DatasetSpec, # a name in `DATASETS`, the path of an image folder or its .tar/.tar.gz, or its spec (`parse_dataset`)

@@ -6,19 +6,19 @@
 __all__ = ['check_int', 'as_list', 'list_hint', 'check_ints', 'check_names', 'check_folder', 'check_writable', 'command']
 
 # %% ../nbs/02b_knobs.ipynb #f8b9cacc
-import inspect, os, sys
+import inspect, numbers, os, sys
 from pathlib import Path
 from fastcore.script import anno_parser
 
 # %% ../nbs/02b_knobs.ipynb #684ffe19
 def check_int(
     name:str, # the knob, for the error message
-    value, # an int, or a string of one (command lines and papermill hand in strings)
+    value, # an int (Python's or NumPy's), or a string of one (command lines and papermill hand in strings)
     minimum:int=0, # the smallest allowed value
 ) -> int:
     "`value` as an int >= `minimum`; a `ValueError` naming the knob for floats, bools, words and smaller numbers."
     text = value.strip() if isinstance(value, str) else None
-    if isinstance(value, bool) or not (isinstance(value, int) or (text and text.lstrip('-').isdigit())):
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) or (text and text.lstrip('-').isdecimal())):
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     if int(value) < minimum: raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)

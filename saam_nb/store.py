@@ -35,17 +35,26 @@ def run_key(
 
 class ResultsStore:
     "A folder of run records, one JSON file per run key."
-    def __init__(self, root:str|Path): self.root = Path(root) # folder of the store
-    def path(self, key:str) -> Path: return self.root/f'{key}.json'
+    def __init__(self, root:str|Path): self.root = Path(root).expanduser() # folder of the store ('~/runs' is in the home folder)
+    def path(self, key:str) -> Path:
+        "The record file of `key`; a `ValueError` for a key that is no plain file name."
+        if not isinstance(key, str) or not key or key.startswith('.') or any(c in key for c in '/\\'):
+            raise ValueError(f"key: expected a run key, a file name without '/' that does not start with '.', got {key!r}")
+        return self.root/f'{key}.json'
+    def read(self, path:Path) -> dict: # a record file of the store
+        "One record file; a `ValueError` naming the file if it is not JSON."
+        try: return json.loads(path.read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{path}: not a JSON record ({e}); move it out of the results store") from None
     def get(self, key:str) -> dict|None:
         "The record of `key`, or None."
-        return json.loads(self.path(key).read_text()) if self.path(key).exists() else None
+        return self.read(self.path(key)) if self.path(key).exists() else None
     def finished(self, key:str) -> bool:
         "Whether `key` has a record of a finished run."
         record = self.get(key)
-        return record is not None and record['status'] == 'finished'
+        return record is not None and record.get('status') == 'finished'
     def put(self, record:dict) -> Path:
         "Write `record` under its key, atomically."
+        if 'key' not in record: raise ValueError(f"record: no 'key' among its fields {sorted(record)}")
         return atomic_write(self.path(record['key']), lambda f: f.write(json.dumps(record, indent=1).encode()))
     def add_note(self, key:str, text:str) -> dict: # a run key of the store; what its numbers alone do not say
         "Append `text`, with the time, to the `notes` of `key`'s record and rewrite it atomically; a `KeyError` naming the key if there is no record."
@@ -56,7 +65,7 @@ class ResultsStore:
         return record
     def records(self) -> list:
         "Every record in the store."
-        return [json.loads(p.read_text()) for p in sorted(self.root.glob('*.json'))]
+        return [self.read(p) for p in sorted(self.root.glob('*.json'))]
     def frame(self, **where) -> pd.DataFrame: # `records_frame`'s filters, e.g. status='finished', epochs=182
         "The records that match `where`, one row each (`records_frame`)."
         return records_frame(self.records(), **where)
