@@ -206,7 +206,9 @@ def create_attention(
     if paths is not None and entry.paths is None: raise ValueError(f"paths: {name!r} has no paths, got {paths!r}")
     if name in ATTENTION_ALIASES and paths not in (None, entry.paths): raise ValueError(f"paths: {name!r} is {entry.name!r} with {entry.paths} paths, got {paths!r}")
     if reduction is not None and not entry.takes('reduction'): raise ValueError(f"reduction: {name!r} has no MLP to reduce, got {reduction!r}")
-    if entry.name == 'none': return nn.Identity()
+    if entry.name == 'none':  # no module to pass knobs to: a knob here is a typo or a mistake
+        if kwargs: raise TypeError(f"'none' (no attention) takes no knobs, got {sorted(kwargs)}")
+        return nn.Identity()
     if reduction is not None: kwargs['reduction'] = reduction
     if entry.paths is not None: kwargs['paths'] = entry.paths if paths is None else paths
     return entry.module(channels, **kwargs)

@@ -7,12 +7,13 @@ __all__ = ['OPT_GROUPS', 'Recipe', 'step_lr', 'StepLR', 'split_head', 'split_att
            'regroup_optimizer_state', 'load_optimizer_state']
 
 # %% ../nbs/03b_recipe.ipynb #09e20f1c
-import hashlib, json, math
+import hashlib, json, math, numbers
 from dataclasses import dataclass, asdict
 import torch
 from fastai.callback.core import Callback
 from fastai.optimizer import Optimizer
 from .attention import attention_parameters
+from .knobs import check_int
 
 # %% ../nbs/03b_recipe.ipynb #64951df5
 @dataclass(frozen=True)
@@ -26,6 +27,17 @@ class Recipe:
     milestones:tuple=(91 / 182, 136 / 182) # where the learning rate drops, as fractions of the epochs
     lr_decay:float=0.1 # factor applied at each milestone
     augment:bool=True # pad-crop-flip on training batches
+
+    def __post_init__(self):
+        "Every field checked once, where a recipe is made: a `ValueError` naming the bad one."
+        if isinstance(self.bs, str): raise ValueError(f"bs: expected an integer >= 1, got {self.bs!r}")
+        check_int('bs', self.bs, 1)
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        for name, ok, expected in (('lr', lambda v: real(v) and v > 0, 'a number > 0'), ('momentum', lambda v: real(v) and 0 <= v < 1, 'a number in [0, 1)'),
+                                   ('weight_decay', lambda v: real(v) and v >= 0, 'a number >= 0'), ('lr_decay', lambda v: real(v) and v > 0, 'a number > 0'),
+                                   ('milestones', lambda v: isinstance(v, (tuple, list)) and all(real(m) and 0 < m <= 1 for m in v) and list(v) == sorted(v),
+                                    'increasing fractions of the epochs in (0, 1]'), ('augment', lambda v: isinstance(v, bool), 'True or False')):
+            if not ok(getattr(self, name)): raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
 
     def id(self) -> str:
         "A short, stable hash of the recipe."

@@ -171,7 +171,9 @@ def create_model(
     "Build the CIFAR ResNet called `name`, with the shipped weights of a dataset if asked."
     spec = parse_model(name)
     if 'paths' in kwargs: raise ValueError(f"paths: the model name gives K (e.g. 'saam-2-20'), got paths={kwargs['paths']!r} beside {spec.name!r}")
-    entry = find_weights(spec.name, pretrained, weights_dir) if pretrained else None
+    if pretrained is None and weights_dir is not None: raise ValueError(f"weights_dir: given without `pretrained`, got {weights_dir!r}")
+    if pretrained is not None and kwargs: raise ValueError(f"{', '.join(sorted(kwargs))}: the shipped weights fix the architecture; pass none with pretrained={pretrained!r}")
+    entry = find_weights(spec.name, pretrained, weights_dir) if pretrained is not None else None
     if entry and num_classes not in (None, entry['num_classes']):
         raise ValueError(f"num_classes: the weights of {spec.name} on {pretrained} have {entry['num_classes']} classes, got {num_classes}")
     model = CifarResNet(spec.depth, num_classes if num_classes is not None else entry['num_classes'] if entry else 10, spec.attention, paths=spec.paths, **kwargs)

@@ -21,7 +21,7 @@ from fastprogress.fastprogress import master_bar
 from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL, DistributedTrainer, num_distrib, rank_distrib
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-from .resnet import ModelSpec, parse_model
+from .resnet import ModelSpec, create_model, parse_model
 from .knobs import check_int, check_folder, check_writable, command
 from .data import DatasetSpec, parse_dataset, load_dataset, dataloaders
 from .store import atomic_write, run_key, ResultsStore
@@ -150,6 +150,7 @@ def parse_run(
     epochs:int, seed:int, recipe:Recipe=Recipe(), # the rest of the run
 ) -> RunSpec:
     "The spec of a run however its user spelled it; a `ValueError` that names the bad argument."
+    if not isinstance(recipe, Recipe): raise ValueError(f"recipe: expected a `Recipe`, got {recipe!r}")
     return RunSpec(parse_model(model), parse_dataset(dataset), check_int('epochs', epochs, 1), check_int('seed', seed, 0), recipe)
 
 def check_run_args(
@@ -158,7 +159,8 @@ def check_run_args(
 ) -> RunSpec:
     "Validate a run's arguments before any work, each by the check of its kind, and return its spec; a `ValueError` that names the bad one."
     run = parse_run(model, dataset, epochs, seed, recipe)
-    check_int('bs', recipe.bs, 1); check_folder('data_dir', data_dir); check_writable('results', results)
+    check_folder('data_dir', data_dir); check_writable('results', results)
+    with torch.device('meta'): create_model(run.model)  # the modules' own checks (e.g. SE's K), before any data: 'meta' holds no weights
     return run
 
 def canonical_run_key(

@@ -47,11 +47,13 @@ def find_weights(
     weights_dir:str|Path|None=None, # default `WEIGHTS_DIR`
 ) -> dict: # its entry of the index (`weights_index`)
     "The index entry of the weights of `name` trained on `dataset`; a `ValueError` that lists the weights that exist otherwise."
+    if weights_dir is not None and not (Path(weights_dir).expanduser()/'index.json').exists():
+        raise ValueError(f"weights_dir: {weights_dir} holds no index.json of weights (`export_weights` writes one)")
     index = weights_index(weights_dir)
     entry = next((e for e in index if (e['model'], e['dataset']) == (name, dataset)), None)
     if entry is None:
         have = ', '.join(f"{e['model']} on {e['dataset']}" for e in index) or 'none yet'
-        raise ValueError(f"pretrained: no weights of {name} on {dataset}; the library has: {have}")
+        raise ValueError(f"pretrained: no weights of {name} on {dataset!r}; the library has: {have}")
     return entry
 
 def load_pretrained(
